@@ -19,11 +19,11 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 
-__all__ = ["Encoder", "SparseBatch", "ImageInput", "PreprocessConfig", "l2_normalize"]
+__all__ = ["Encoder", "TorchDualEncoder", "SparseBatch", "ImageInput", "PreprocessConfig", "l2_normalize"]
 
 ImageInput = Union["Image.Image", str, Path, np.ndarray]  # noqa: F821 (PIL imported lazily)
 
@@ -119,6 +119,22 @@ class SparseBatch:
         )
 
 
+class TorchDualEncoder(Protocol):
+    """What the training loop needs of a model (duck-typed ``torch.nn.Module``).
+
+    * ``tokenize(texts) -> dict[str, Tensor]`` (e.g. ``input_ids``, ``attention_mask``);
+    * ``image_features(pixels[b, 3, H, W]) -> Tensor[b, d]`` (unnormalised);
+    * ``text_features(tokens) -> Tensor[b, d]`` (unnormalised);
+    * ``logit_scale``: a parameter holding log(1 / temperature).
+    """
+
+    def tokenize(self, texts: list[str]) -> dict[str, Any]: ...
+
+    def image_features(self, pixels: Any) -> Any: ...
+
+    def text_features(self, tokens: dict[str, Any]) -> Any: ...
+
+
 class Encoder(abc.ABC):
     """A dual encoder: images and texts into one L2-normalised space.
 
@@ -205,6 +221,18 @@ class Encoder(abc.ABC):
                 out[a : a + len(batch)] = l2_normalize(self._forward_texts(batch))
                 bar.update(len(batch))
         return out
+
+    # -- training hooks (backends that can be fine-tuned implement these) -------------
+    def trainable(self) -> Any:
+        """The underlying ``torch.nn.Module`` following :class:`TorchDualEncoder`, for training.
+
+        Backends that cannot be trained raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{self.name} cannot be trained")
+
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint that this backend loads back from ``path`` (identical embeddings)."""
+        raise NotImplementedError(f"{self.name} cannot be saved")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (name, dimension, lexical output, preprocessing)."""
