@@ -1,0 +1,118 @@
+"""Ray encoding on a local two-worker Ray: same vectors as the local path, resumable,
+a killed or failing worker's shard is redone and nothing is lost or duplicated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import scale_fakes  # noqa: E402
+from scale_fakes import make_fake_encoder, write_images  # noqa: E402
+
+from lexlens.errors import LexlensError, UsageError  # noqa: E402
+from lexlens.scale.ray_encode import (  # noqa: E402
+    FAULT_ENV,
+    encode_with_ray,
+    merge_shards,
+    shard_file_name,
+)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+    )
+    # the fake encoder lives in a test module the workers cannot import: ship it by value
+    ray.cloudpickle.register_pickle_by_value(scale_fakes)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """40 tiny images plus one unreadable file at position 17."""
+    root = tmp_path_factory.mktemp("imgs")
+    paths = write_images(root, 40)
+    bad = root / "broken.png"
+    bad.write_bytes(b"not an image")
+    paths.insert(17, bad)
+    return [str(p) for p in paths]
+
+
+def _local_reference(paths):
+    """The local path: one encoder in this process, no shards."""
+    enc = make_fake_encoder()
+    good = [i for i, p in enumerate(paths) if not p.endswith("broken.png")]
+    pix = [enc.preprocess(paths[i]) for i in good]
+    return np.asarray(good, np.int64), enc.encode_images(pix), enc.encode_images_lexical(pix)
+
+
+def _check_same_as_local(items, paths):
+    ids, dense, sparse = _local_reference(paths)
+    np.testing.assert_array_equal(items.ids, ids)
+    np.testing.assert_allclose(items.dense, dense, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(items.sparse.indptr, sparse.indptr)
+    np.testing.assert_array_equal(items.sparse.indices, sparse.indices)
+    np.testing.assert_allclose(items.sparse.values, sparse.values, rtol=0, atol=1e-6)
+    assert [(i, p) for i, p, _ in items.failed] == [(17, paths[17])]
+
+
+def test_two_workers_match_local_path_and_rerun_skips(local_ray, collection, tmp_path):
+    items, stats = encode_with_ray(
+        make_fake_encoder, collection, tmp_path, num_workers=2, shard_size=7
+    )
+    _check_same_as_local(items, collection)
+    assert stats.n_shards == 6 and stats.shards_run == 6 and stats.retries == 0
+    assert stats.n_encoded == 40 and stats.n_failed == 1 and stats.lexical and stats.dim == 16
+    assert stats.decode_s > 0 and stats.encode_s > 0 and stats.write_s > 0 and stats.items_per_s > 0
+
+    # rerun: everything is on disk already
+    items2, stats2 = encode_with_ray(
+        make_fake_encoder, collection, tmp_path, num_workers=2, shard_size=7
+    )
+    assert stats2.shards_run == 0 and stats2.shards_skipped == 6
+    np.testing.assert_array_equal(items2.dense, items.dense)
+
+    # a lost shard file is the only one redone
+    (tmp_path / shard_file_name(3)).unlink()
+    _, stats3 = encode_with_ray(
+        make_fake_encoder, collection, tmp_path, num_workers=2, shard_size=7
+    )
+    assert (stats3.shards_run, stats3.shards_skipped) == (1, 5)
+    _check_same_as_local(merge_shards(tmp_path), collection)
+
+    # another job in the same directory is refused, nothing is overwritten
+    with pytest.raises(UsageError, match="another job"):
+        encode_with_ray(make_fake_encoder, collection, tmp_path, num_workers=2, shard_size=5)
+
+
+def test_killed_and_failing_workers_are_retried(local_ray, collection, tmp_path, monkeypatch):
+    # shard 1: the worker process dies after writing its temp file; shard 4: the shard raises
+    monkeypatch.setenv(FAULT_ENV, "exit@1,raise@4")
+    items, stats = encode_with_ray(
+        make_fake_encoder, collection, tmp_path, num_workers=2, shard_size=7, max_retries=1
+    )
+    assert stats.retries == 2 and stats.shards_run == 6
+    assert len(np.unique(items.ids)) == len(items.ids) == 40
+    _check_same_as_local(items, collection)
+    assert not list(tmp_path.glob(".shard-*"))  # the dead worker's temp file is gone
+
+    # without retries the same faults stop the job with a clear error, finished shards stay
+    monkeypatch.setenv(FAULT_ENV, "raise@2")
+    out2 = tmp_path / "again"
+    with pytest.raises(LexlensError, match="shard 2 failed on all 1 attempt"):
+        encode_with_ray(
+            make_fake_encoder, collection, out2, num_workers=2, shard_size=7, max_retries=0
+        )
+    assert not (out2 / shard_file_name(2)).exists()
+    monkeypatch.delenv(FAULT_ENV)
+    _, stats2 = encode_with_ray(make_fake_encoder, collection, out2, num_workers=2, shard_size=7)
+    assert stats2.shards_run >= 1 and stats2.shards_run + stats2.shards_skipped == 6
+    _check_same_as_local(merge_shards(out2), collection)
