@@ -7,6 +7,19 @@ in :class:`SearchParams`; a kind never changes shared state to honour them, so s
 from several threads at once is safe.
 
 Kinds are registered by exact name in :data:`KINDS` (never chosen by a substring).
+
+How the engine creates and opens a kind (see :mod:`lexlens.index.spec`):
+
+* a spec string such as ``hnsw32(ef=64)`` parses into an :class:`~lexlens.index.spec.IndexSpec`
+  whose ``kind`` is a key of :data:`KINDS`;
+* an empty structure is made by ``KINDS[spec.kind].from_spec(spec, ctx)`` where ``ctx`` is a
+  :class:`KindContext` (dense dimension, lexical vocabulary size);
+* a saved one is opened by ``KINDS[spec.kind].load(directory, {"spec": spec, "context": ctx})``;
+* composite kinds (``takes_children = True``, e.g. ``hybrid(sparse,flat;fusion=rrf)``) get their
+  children as ``spec.children`` and create / open them with
+  :func:`lexlens.index.spec.create_kind` / :func:`lexlens.index.spec.load_kind`;
+* a kind listing ``encodings`` (e.g. ``ivf`` with ``("flat", "pq", "sq")``) is followed in the
+  spec by one encoding component: ``ivf4096,pq32`` -> ``spec.encoding``.
 """
 
 from __future__ import annotations
@@ -14,13 +27,16 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from lexlens.models.base import SparseBatch
 
-__all__ = ["Vectors", "SearchParams", "IndexKind", "KINDS", "register_kind"]
+if TYPE_CHECKING:
+    from lexlens.index.spec import IndexSpec
+
+__all__ = ["Vectors", "SearchParams", "KindContext", "IndexKind", "KINDS", "register_kind"]
 
 
 @dataclass
@@ -51,6 +67,18 @@ class SearchParams:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class KindContext:
+    """What a kind needs to know to create or open itself.
+
+    ``dim``: dense embedding dimension (0 when the index stores no dense vectors);
+    ``vocab_size``: size of the lexical vocabulary (0 when there are no sparse vectors).
+    """
+
+    dim: int = 0
+    vocab_size: int = 0
+
+
 class IndexKind(abc.ABC):
     """One searchable structure over ``id -> vectors``; see module docstring."""
 
@@ -59,6 +87,21 @@ class IndexKind(abc.ABC):
     #: whether the kind needs dense / sparse vectors to be given on add
     needs_dense: ClassVar[bool] = False
     needs_sparse: ClassVar[bool] = False
+    #: spec grammar: the parentheses hold child specs, then ``;`` and options (e.g. hybrid)
+    takes_children: ClassVar[bool] = False
+    #: spec grammar: names of the encoding component that must follow (e.g. ivf -> flat/pq/sq)
+    encodings: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, ctx: KindContext) -> IndexKind:
+        """An empty structure for a parsed spec (kinds with a number or options override this)."""
+        if spec.number is not None or spec.options or spec.children or spec.encoding:
+            from lexlens.errors import UsageError
+
+            raise UsageError(
+                f"index kind {cls.kind!r} takes no number, options or children: {spec}"
+            )
+        return cls()
 
     @abc.abstractmethod
     def add(self, ids: np.ndarray, vectors: Vectors) -> None:
