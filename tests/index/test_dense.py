@@ -19,7 +19,7 @@ def _brute(q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int):
     out_s = np.full((len(q), k), -np.inf, np.float32)
     out_i = np.full((len(q), k), -1, np.int64)
     for r in range(len(q)):
-        scored = sorted(((-float(np.dot(q[r], x[j])), int(ids[j])) for j in range(len(ids))))
+        scored = sorted((-float(np.dot(q[r], x[j])), int(ids[j])) for j in range(len(ids)))
         for c, (s, i) in enumerate(scored[:k]):
             out_s[r, c], out_i[r, c] = -s, i
     return out_s, out_i
@@ -76,7 +76,12 @@ APPROX = {
 
 
 def _recall(found, truth):
-    return np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum()) for a, b in zip(found, truth)])
+    return np.mean(
+        [
+            len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum())
+            for a, b in zip(found, truth, strict=True)
+        ]
+    )
 
 
 @pytest.mark.parametrize("spec", sorted(APPROX))
@@ -130,7 +135,9 @@ def test_remove_then_search_never_returns_removed(spec, tmp_path):
     kind.save(tmp_path)
     back = load_kind(parse_spec(spec), tmp_path, KindContext(dim=DIM))
     assert back.ntotal == 900
-    np.testing.assert_array_equal(back.search(Vectors(dense=q), 10)[1], kind.search(Vectors(dense=q), 10)[1])
+    np.testing.assert_array_equal(
+        back.search(Vectors(dense=q), 10)[1], kind.search(Vectors(dense=q), 10)[1]
+    )
     truth = _brute(q, x[live], ids[live], 10)[1]
     if spec in ("flat", "ivf8,flat", "sq16"):
         assert _recall(back.search(Vectors(dense=q), 10, SearchParams(nprobe=8))[1], truth) >= 0.99
@@ -167,7 +174,9 @@ def test_threads_give_the_same_results(spec):
     x, q = _unit(rng, 2000), _unit(rng, 64)
     kind = _make(spec, np.arange(2000, dtype=np.int64), x)
     kind.remove(np.arange(0, 2000, 7))
-    settings = [SearchParams(nprobe=p, ef_search=e) for p, e in ((1, 16), (8, 128), (2, 32), (4, 64))]
+    settings = [
+        SearchParams(nprobe=p, ef_search=e) for p, e in ((1, 16), (8, 128), (2, 32), (4, 64))
+    ]
     expected = [kind.search(Vectors(dense=q), 10, p) for p in settings]
     errors: list[BaseException] = []
 
