@@ -18,6 +18,9 @@ _LAZY = {
     "SparseBatch": "lexlens.models.base",
     "topk": "lexlens.results",
     "LexlensError": "lexlens.errors",
+    "Index": "lexlens.index.index",
+    "Query": "lexlens.search",
+    "SearchParams": "lexlens.index.base",
 }
 
 __all__ = ["__version__", *_LAZY]

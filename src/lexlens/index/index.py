@@ -1,0 +1,649 @@
+"""``lexlens.Index``: build, open, add to, remove from, inspect and search an on-disk index.
+
+The format is described in :mod:`lexlens.index.store`; the query pipeline lives in
+:mod:`lexlens.search`. An :class:`Index` object reads one immutable generation; ``add`` and
+``remove`` write the next one and switch to it, and :meth:`Index.refresh` picks up a
+generation published by another process. Searching from several threads at once is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lexlens.errors import DataError, IndexMismatchError, NotFoundError, UsageError
+from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors
+from lexlens.index.ingest import (
+    Checkpoints,
+    EncodedBatch,
+    ItemRecord,
+    SourceItem,
+    encode_items,
+    file_sha256,
+    file_stat,
+    read_source,
+    sparse_from_rows,
+)
+from lexlens.index.spec import (
+    IndexSpec,
+    create_kind,
+    default_spec,
+    load_kind,
+    parse_spec,
+    spec_needs,
+)
+from lexlens.index.store import (
+    META,
+    GenerationWriter,
+    IndexDir,
+    ItemRow,
+    Manifest,
+    MetaDB,
+    now_iso,
+    write_rows,
+)
+from lexlens.models.base import Encoder, SparseBatch
+
+if TYPE_CHECKING:
+    from lexlens.index.dups import DupGroup
+    from lexlens.search import Query, SearchResults
+
+__all__ = ["Index", "AddReport"]
+
+#: the text whose embedding fingerprints the model an index was built with
+PROBE_TEXT = "a red circle above a blue square"
+
+
+@dataclass
+class AddReport:
+    """What an ``add`` (or ``build``) did."""
+
+    added: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    relabelled: int = 0
+    reused: int = 0
+    count: int = 0
+    generation: int = 0
+    failed_paths: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _State:
+    """One opened generation (never mutated; replaced as a whole)."""
+
+    gen: Path
+    manifest: Manifest
+    spec: IndexSpec
+    ids: np.ndarray
+    dense: np.ndarray | None
+    sparse: SparseBatch | None
+    kind: IndexKind
+    meta: MetaDB
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in the arrays (``-1`` for unknown ids)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, pos, -1)
+
+
+def _resolve_encoder(model: str | Encoder) -> Encoder:
+    if isinstance(model, Encoder):
+        return model
+    from lexlens.models.registry import load_encoder
+
+    return load_encoder(str(model))
+
+
+def _model_name(model: str | Encoder) -> str:
+    return model.name if isinstance(model, Encoder) else str(model).strip()
+
+
+def _ctx(man: Manifest) -> KindContext:
+    return KindContext(dim=man.dim, vocab_size=man.vocab_size)
+
+
+def _load_state(store: IndexDir, check: bool = True) -> _State:
+    gen = store.current()
+    man = store.read_manifest(gen)
+    if check:
+        problems = store.verify(gen, full=False)
+        if problems:
+            raise DataError(
+                f"{store.root} is damaged ({problems[0]}); see `lexlens index info {store.root} --verify`"
+            )
+    spec = parse_spec(man.spec)
+    ids = np.load(gen / "ids.npy", mmap_mode="r")
+    dense = np.load(gen / "dense.npy", mmap_mode="r") if man.has_dense else None
+    sparse = None
+    if man.has_sparse:
+        vocab = (
+            json.loads((gen / "vocab.json").read_text()) if (gen / "vocab.json").exists() else None
+        )
+        sparse = SparseBatch(
+            np.load(gen / "sparse_indptr.npy", mmap_mode="r"),
+            np.load(gen / "sparse_indices.npy", mmap_mode="r"),
+            np.load(gen / "sparse_values.npy", mmap_mode="r"),
+            man.vocab_size,
+            vocab,
+        )
+    kind = load_kind(spec, gen / "kind", _ctx(man), mmap=True)
+    return _State(gen, man, spec, np.asarray(ids), dense, sparse, kind, MetaDB(gen / META))
+
+
+class Index:
+    """An on-disk index of images (or captions) under one model; see the module docstring."""
+
+    def __init__(self, path: Path, state: _State, encoder: Encoder | None = None) -> None:
+        self.path = Path(path)
+        self._store = IndexDir(self.path)
+        self._state = state
+        self._encoder = encoder
+        self._encoder_checked = False
+        self._lock = threading.Lock()
+        if encoder is not None:
+            self._check_encoder(encoder)
+
+    # ----------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path, model: str | Encoder | None = None) -> Index:
+        """Open an index; ``model`` (a spec or an :class:`Encoder`) must be the one it was built with.
+
+        Without ``model`` the index's own model is loaded when a query needs encoding.
+        Raises :class:`IndexMismatchError` when ``model`` differs.
+        """
+        store = IndexDir(path)
+        state = _load_state(store)
+        encoder = None
+        if model is not None:
+            name = _model_name(model)
+            if name != state.manifest.model:
+                raise IndexMismatchError(
+                    f"{path} was built with model {state.manifest.model!r}, not {name!r}; "
+                    "open it with that model or rebuild the index"
+                )
+            encoder = model if isinstance(model, Encoder) else None
+        return cls(Path(path), state, encoder)
+
+    def refresh(self) -> bool:
+        """Switch to the newest published generation; returns whether it changed."""
+        gen = self._store.current()
+        if gen == self._state.gen:
+            return False
+        self._state = _load_state(self._store)
+        return True
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model (loaded on first use from the manifest's model spec)."""
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = _resolve_encoder(self._state.manifest.model)
+                self._check_encoder(self._encoder)
+            return self._encoder
+
+    def _check_encoder(self, enc: Encoder) -> None:
+        man = self._state.manifest
+        if enc.name != man.model:
+            raise IndexMismatchError(
+                f"{self.path} was built with model {man.model!r}, not {enc.name!r}"
+            )
+        if enc.dim != man.dim:
+            raise IndexMismatchError(
+                f"{self.path} holds {man.dim}-d vectors; model {enc.name} gives {enc.dim}-d"
+            )
+        if man.model_probe:
+            probe = enc.encode_texts([PROBE_TEXT])[0]
+            if float(np.dot(probe, np.asarray(man.model_probe, np.float32))) < 0.99:
+                raise IndexMismatchError(
+                    f"model {enc.name} no longer gives the embeddings {self.path} was built with "
+                    "(retrained?); rebuild the index"
+                )
+
+    # ----------------------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        source: Any,
+        model: str | Encoder,
+        out: str | Path,
+        spec: str | IndexSpec | None = None,
+        items: str = "images",
+        progress: bool = True,
+        workers: int | None = None,
+        batch_size: int = 256,
+    ) -> Index:
+        """Encode ``source`` with ``model`` into a new index at ``out``.
+
+        ``spec`` defaults to :func:`lexlens.index.spec.default_spec` for the collection size.
+        ``items="texts"`` indexes the captions (for image -> text search). An interrupted
+        build resumes when run again with the same arguments (encoded batches are kept).
+        """
+        out = Path(out)
+        store = IndexDir(out)
+        encoder = _resolve_encoder(model)
+        todo = read_source(source, items)
+        parsed = (
+            parse_spec(spec)
+            if spec is not None
+            else default_spec(len(todo), encoder.has_lexical, encoder.dim)
+        )
+        needs_dense, needs_sparse = spec_needs(parsed)
+        if needs_sparse and not encoder.has_lexical:
+            raise UsageError(
+                f"index {parsed} needs a lexical model; {encoder.name} has no lexical output"
+            )
+        vocab_size = len(encoder.vocab) if needs_sparse else 0
+        create_kind(parsed, KindContext(dim=encoder.dim, vocab_size=vocab_size))  # validate early
+        if store.exists():
+            man = store.read_manifest()
+            if (man.model, man.spec, man.items) != (encoder.name, str(parsed), items):
+                raise UsageError(
+                    f"{out} already holds an index ({man.model}, {man.spec}, {man.items}); "
+                    "use `lexlens index add` or choose another --out"
+                )
+        elif out.exists() and any(
+            p.name not in ("lock", "pending", "staging") for p in out.iterdir()
+        ):
+            raise UsageError(f"{out} exists and is not an index; choose an empty or new directory")
+        else:
+            cls._create_empty(store, encoder, parsed, items, needs_sparse)
+        index = cls(out, _load_state(store), encoder)
+        index._add_items(todo, progress=progress, workers=workers, batch_size=batch_size)
+        return index
+
+    @staticmethod
+    def _create_empty(
+        store: IndexDir, encoder: Encoder, spec: IndexSpec, items: str, sparse: bool
+    ) -> None:
+        from lexlens import __version__
+
+        ctx = KindContext(dim=encoder.dim, vocab_size=len(encoder.vocab) if sparse else 0)
+        now = now_iso()
+        man = Manifest(
+            model=encoder.name,
+            spec=str(spec),
+            items=items,
+            dim=encoder.dim,
+            vocab_size=ctx.vocab_size,
+            has_dense=True,
+            has_sparse=sparse,
+            created=now,
+            model_probe=[round(float(v), 6) for v in encoder.encode_texts([PROBE_TEXT])[0]],
+            lexlens_version=__version__,
+        )
+        with store.writer() as w:
+            np.save(w.dir / "ids.npy", np.zeros(0, np.int64))
+            np.save(w.dir / "dense.npy", np.zeros((0, encoder.dim), np.float32))
+            if sparse:
+                _save_sparse(
+                    w.dir,
+                    SparseBatch(
+                        np.zeros(1, np.int64),
+                        np.zeros(0, np.int32),
+                        np.zeros(0, np.float32),
+                        ctx.vocab_size,
+                    ),
+                )
+                (w.dir / "vocab.json").write_text(json.dumps(list(encoder.vocab)))
+            MetaDB(w.dir / META, writable=True).commit()
+            (w.dir / "kind").mkdir()
+            create_kind(spec, ctx).save(w.dir / "kind")
+            w.publish(man)
+
+    # ----------------------------------------------------------------------------- add
+    def add(
+        self, source: Any, progress: bool = True, workers: int | None = None, batch_size: int = 256
+    ) -> dict[str, Any]:
+        """Add what is new or changed in ``source``; returns the report as a dict.
+
+        Keys: ``added`` (new items), ``updated`` (changed files, re-encoded under new ids),
+        ``skipped`` (unchanged: same path and size+mtime, or same bytes), ``failed``
+        (unreadable files, listed in ``failed_paths``), ``relabelled`` (captions or user
+        fields changed, no re-encoding), ``reused`` (taken from an interrupted add's
+        checkpoints), ``count`` and ``generation`` after the add.
+        """
+        todo = read_source(source, self._state.manifest.items)
+        return self._add_items(
+            todo, progress=progress, workers=workers, batch_size=batch_size
+        ).to_dict()
+
+    def _add_items(
+        self, todo: Sequence[SourceItem], progress: bool, workers: int | None, batch_size: int
+    ) -> AddReport:
+        enc = self.encoder
+        with self._store.writer() as w:
+            self.refresh()
+            st = self._state
+            man = st.manifest
+            report = AddReport()
+            plan = _classify(st, todo, report)
+            ck = Checkpoints(self._store.pending, man.model)
+            cached, _ = ck.load()
+            fresh: list[SourceItem] = []
+            batches: list[EncodedBatch] = []
+            reused: list[tuple[ItemRecord, np.ndarray, Any]] = []
+            for item, stat in plan.encode:
+                hit = cached.get(Checkpoints.key(item, stat))
+                if hit is not None:
+                    rec, vec, srow = hit
+                    rec.captions, rec.fields = item.captions, item.fields
+                    reused.append((rec, vec, srow))
+                else:
+                    fresh.append(item)
+            report.reused = len(reused)
+            for batch in encode_items(
+                fresh, enc, man.items, man.has_sparse, batch_size, workers, progress
+            ):
+                ck.write(batch)
+                batches.append(batch)
+                report.failed += len(batch.failed)
+                report.failed_paths += [p for p, _ in batch.failed][
+                    : max(0, 50 - len(report.failed_paths))
+                ]
+            records, dense, sparse = _collect(reused, batches, man)
+            failed_paths = set(report.failed_paths)
+            encoded_paths = {r.path for r in records}
+            # a changed file that could not be read keeps its old entry
+            remove = [i for i, p in plan.replaced if p in encoded_paths or p not in failed_paths]
+            report.updated = sum(1 for _, p in plan.replaced if p in encoded_paths)
+            report.added = len(records) - report.updated
+            if records or remove or plan.stat_updates or plan.label_updates:
+                _write_generation(w, st, np.asarray(remove, np.int64), records, dense, sparse, plan)
+                self._state = _load_state(self._store)
+            ck.clear()
+        report.count = self._state.manifest.count
+        report.generation = self._state.manifest.generation
+        return report
+
+    # ----------------------------------------------------------------------------- remove
+    def remove(
+        self,
+        paths_or_ids: Iterable[str | int | os.PathLike[str]] | None = None,
+        missing: bool = False,
+    ) -> int:
+        """Remove items by id or path (all captions of a path in a caption index) and, with
+        ``missing=True``, every item whose file no longer exists. Returns how many were removed."""
+        with self._store.writer() as w:
+            self.refresh()
+            st = self._state
+            ids: set[int] = set()
+            paths: list[str] = []
+            for x in paths_or_ids or []:
+                if isinstance(x, int | np.integer) and not isinstance(x, bool):
+                    ids.add(int(x))
+                else:
+                    paths.append(str(Path(x).resolve()))
+            for found in st.meta.ids_by_path(paths).values():
+                ids.update(found)
+            if missing:
+                ids.update(
+                    r.id for r in st.meta.all_rows() if r.path and not os.path.exists(r.path)
+                )
+            arr = np.fromiter(ids, np.int64, len(ids))
+            known = np.unique(arr[st.slots(arr) >= 0])
+            if len(known) == 0:
+                return 0
+            _write_generation(w, st, known, [], None, None, _Plan())
+            self._state = _load_state(self._store)
+            return len(known)
+
+    # ----------------------------------------------------------------------------- inspect
+    def info(self, verify: bool = False) -> dict[str, Any]:
+        """Manifest facts, counts, sizes; ``verify=True`` re-hashes every file."""
+        st = self._state
+        man = st.manifest
+        out: dict[str, Any] = {
+            "path": str(self.path),
+            "model": man.model,
+            "spec": man.spec,
+            "items": man.items,
+            "dim": man.dim,
+            "vocab_size": man.vocab_size,
+            "count": man.count,
+            "generation": man.generation,
+            "created": man.created,
+            "updated": man.updated,
+            "format_version": man.format_version,
+            "disk_bytes": sum(int(f["size"]) for f in man.files.values()),
+            "memory_bytes": st.kind.memory_bytes(),
+            "default_spec_for_size": str(default_spec(man.count, man.has_sparse, man.dim)),
+            "pending_batches": len(list(self._store.pending.glob("batch-*.json")))
+            if self._store.pending.exists()
+            else 0,
+        }
+        if verify:
+            problems = self._store.verify(st.gen, full=True)
+            out["verified"] = not problems
+            out["problems"] = problems
+        return out
+
+    def __len__(self) -> int:
+        return self._state.manifest.count
+
+    @property
+    def spec(self) -> IndexSpec:
+        """The index's parsed spec."""
+        return self._state.spec
+
+    @property
+    def items(self) -> str:
+        """``"images"`` or ``"texts"``."""
+        return self._state.manifest.items
+
+    def rows(self, ids: Iterable[int]) -> dict[int, ItemRow]:
+        """Metadata rows of the given ids."""
+        return self._state.meta.rows(ids)
+
+    def vectors(self, ids: Sequence[int]) -> Vectors:
+        """The stored vectors of items (raises :class:`NotFoundError` for unknown ids)."""
+        st = self._state
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        slots = st.slots(ids)
+        if (slots < 0).any():
+            raise NotFoundError(f"no item with id {int(ids[slots < 0][0])} in {self.path}")
+        dense = np.asarray(st.dense[slots], np.float32) if st.dense is not None else None
+        sparse = None
+        if st.sparse is not None:
+            sparse = sparse_from_rows((st.sparse.row(int(s)) for s in slots), st.sparse.vocab_size)
+            sparse.vocab = st.sparse.vocab
+        return Vectors(dense=dense, sparse=sparse)
+
+    # ----------------------------------------------------------------------------- search
+    def search(
+        self,
+        query: Query | Sequence[Query] | str,
+        k: int = 10,
+        params: SearchParams | None = None,
+        min_score: float | None = None,
+        where: str | None = None,
+        explain: bool = False,
+    ) -> SearchResults:
+        """Top-``k`` items for one query or a list (see :mod:`lexlens.search`)."""
+        from lexlens.search import search_index
+
+        return search_index(
+            self, query, k=k, params=params, min_score=min_score, where=where, explain=explain
+        )
+
+    def dups(self, threshold: float = 0.95, progress: bool = True) -> list[DupGroup]:
+        """Exact (same pixels / same text) and near (cosine >= ``threshold``) duplicate groups."""
+        from lexlens.index.dups import find_dups
+
+        return find_dups(self, threshold, progress=progress)
+
+
+# ----------------------------------------------------------------------------- add planning
+@dataclass
+class _Plan:
+    encode: list[tuple[SourceItem, tuple[int, float] | None]] = field(default_factory=list)
+    replaced: list[tuple[int, str]] = field(default_factory=list)  # (old id, path) of changed files
+    stat_updates: list[tuple[int, int, float]] = field(default_factory=list)
+    label_updates: list[tuple[int, list[str], dict[str, Any]]] = field(default_factory=list)
+
+
+def _classify(st: _State, todo: Sequence[SourceItem], report: AddReport) -> _Plan:
+    """Split ``todo`` into unchanged / relabelled / changed / new (see :meth:`Index.add`)."""
+    plan = _Plan()
+    if st.manifest.items == "texts":
+        known = {(r.path, r.text): r for r in st.meta.all_rows()}
+        for item in todo:
+            row = known.get((item.path, item.text))
+            if row is not None:
+                _same_item(plan, row, item, report)
+            else:
+                plan.encode.append((item, None))
+        return plan
+    existing = st.meta.ids_by_path({s.path for s in todo if s.path})
+    rows = st.meta.rows(i for ids in existing.values() for i in ids)
+    by_path: dict[str, list[ItemRow]] = {}
+    for r in rows.values():
+        by_path.setdefault(r.path or "", []).append(r)
+    for item in todo:
+        stat = file_stat(str(item.path))
+        old = by_path.get(str(item.path))
+        if stat is None:
+            report.failed += 1
+            if len(report.failed_paths) < 50:
+                report.failed_paths.append(str(item.path))
+            continue
+        if not old:
+            plan.encode.append((item, stat))
+            continue
+        row = old[0]
+        if (row.size, row.mtime) == stat:
+            _same_item(plan, row, item, report)
+        elif row.file_hash == file_sha256(str(item.path)):
+            plan.stat_updates.append((row.id, *stat))
+            _same_item(plan, row, item, report)
+        else:
+            plan.encode.append((item, stat))
+            plan.replaced.append((row.id, str(item.path)))
+    return plan
+
+
+def _same_item(plan: _Plan, row: ItemRow, item: SourceItem, report: AddReport) -> None:
+    report.skipped += 1
+    if (row.captions, row.fields) != (item.captions, item.fields) and (
+        item.captions or item.fields
+    ):
+        plan.label_updates.append((row.id, item.captions, item.fields))
+        report.relabelled += 1
+
+
+def _collect(
+    reused: list[tuple[ItemRecord, np.ndarray, Any]], batches: list[EncodedBatch], man: Manifest
+) -> tuple[list[ItemRecord], np.ndarray, SparseBatch | None]:
+    records = [r for r, _, _ in reused]
+    dense_parts = [np.stack([v for _, v, _ in reused])] if reused else []
+    sparse_rows: list[tuple[np.ndarray, np.ndarray]] = (
+        [s for _, _, s in reused] if man.has_sparse else []
+    )
+    for b in batches:
+        if not b.records:
+            continue
+        records += b.records
+        dense_parts.append(np.asarray(b.dense, np.float32))
+        if man.has_sparse:
+            assert b.sparse is not None
+            sparse_rows += [b.sparse.row(i) for i in range(len(b.records))]
+    dense = np.concatenate(dense_parts) if dense_parts else np.zeros((0, man.dim), np.float32)
+    sparse = sparse_from_rows(sparse_rows, man.vocab_size) if man.has_sparse else None
+    return records, dense, sparse
+
+
+# ----------------------------------------------------------------------------- writing
+def _save_sparse(directory: Path, sp: SparseBatch) -> None:
+    np.save(directory / "sparse_indptr.npy", np.asarray(sp.indptr, np.int64))
+    np.save(directory / "sparse_indices.npy", np.asarray(sp.indices, np.int32))
+    np.save(directory / "sparse_values.npy", np.asarray(sp.values, np.float32))
+
+
+def _merge_sparse(old: SparseBatch, keep: np.ndarray, new: SparseBatch | None) -> SparseBatch:
+    lengths = np.diff(np.asarray(old.indptr))
+    nnz_keep = np.repeat(keep, lengths)
+    parts_len = [lengths[keep]]
+    idx = [np.asarray(old.indices)[nnz_keep]]
+    val = [np.asarray(old.values)[nnz_keep]]
+    if new is not None and len(new):
+        parts_len.append(np.diff(new.indptr))
+        idx.append(np.asarray(new.indices, np.int32))
+        val.append(np.asarray(new.values, np.float32))
+    all_len = np.concatenate(parts_len)
+    indptr = np.concatenate([[0], np.cumsum(all_len)]).astype(np.int64)
+    return SparseBatch(
+        indptr,
+        np.concatenate(idx).astype(np.int32),
+        np.concatenate(val).astype(np.float32),
+        old.vocab_size,
+    )
+
+
+def _write_generation(
+    w: GenerationWriter,
+    st: _State,
+    remove: np.ndarray,
+    records: list[ItemRecord],
+    dense: np.ndarray | None,
+    sparse: SparseBatch | None,
+    plan: _Plan,
+) -> None:
+    """Write the next generation: old items minus ``remove`` plus ``records``; publish it."""
+    man = st.manifest
+    keep = ~np.isin(st.ids, remove)
+    new_ids = np.arange(man.next_id, man.next_id + len(records), dtype=np.int64)
+    write_rows(w.dir / "ids.npy", st.ids, keep, new_ids)
+    if man.has_dense:
+        write_rows(
+            w.dir / "dense.npy",
+            st.dense,
+            keep,
+            dense if dense is not None else np.zeros((0, man.dim), np.float32),
+        )
+    if man.has_sparse:
+        assert st.sparse is not None
+        _save_sparse(w.dir, _merge_sparse(st.sparse, keep, sparse))
+        if (st.gen / "vocab.json").exists():
+            os.link(st.gen / "vocab.json", w.dir / "vocab.json")
+    st.meta.copy_to(w.dir / META)
+    meta = MetaDB(w.dir / META, writable=True)
+    meta.delete(int(i) for i in remove)
+    meta.insert(
+        ItemRow(
+            int(i), r.path, r.text, r.size, r.mtime, r.file_hash, r.pixel_hash, r.captions, r.fields
+        )
+        for i, r in zip(new_ids, records, strict=True)
+    )
+    meta.update_stat(plan.stat_updates)
+    meta.update_labels(plan.label_updates)
+    meta.commit()
+    kind = load_kind(st.spec, st.gen / "kind", _ctx(man), mmap=False)
+    if len(remove):
+        kind.remove(remove)
+    if len(records):
+        needs_dense, needs_sparse = spec_needs(st.spec)
+        kind.add(
+            new_ids,
+            Vectors(dense=dense if needs_dense else None, sparse=sparse if needs_sparse else None),
+        )
+    (w.dir / "kind").mkdir()
+    kind.save(w.dir / "kind")
+    nxt = Manifest(**{**man.__dict__})
+    nxt.count = int(keep.sum()) + len(records)
+    nxt.next_id = man.next_id + len(records)
+    nxt.generation = man.generation + 1
+    w.publish(nxt)

@@ -1,0 +1,284 @@
+"""The query pipeline: encode the query -> search the index kind -> filters / cut-off -> metadata.
+
+Query types (:class:`Query`):
+
+* ``Query(text="a red circle")``: text -> images (or text -> captions in a caption index);
+* ``Query(image="photo.png")`` (a path or a ``PIL.Image``): image -> images, or
+  image -> text over an index of captions (``items="texts"``);
+* ``Query(image=..., text="but red", weight=0.5)``: image + text, fused without training:
+  ``normalize((1 - weight) * normalize(image_emb) + weight * normalize(text_emb))``;
+  ``weight`` is the share of the text (0 = the image alone, 1 = the text alone). Lexical
+  weights are mixed the same way (without the normalisation);
+* ``Query(item=123)``: an item's own stored vectors ("more like this"; the item itself
+  comes first);
+* ``Query(embedding=vec)``: a raw ``float32 [d]`` embedding (dense indexes only).
+
+Results follow the one contract (:mod:`lexlens.results`): ``scores[n, k]``, ``ids[n, k]``,
+``-1`` for missing, ties by ``(-score, id)``. ``where`` filters and ``min_score`` apply
+before the cut to ``k``: the kind is asked for more candidates (4x, 16x, ...) until ``k``
+results pass or the index is exhausted, so ``k`` results come back whenever they exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lexlens.errors import NotFoundError, UsageError
+from lexlens.index.base import SearchParams, Vectors
+from lexlens.models.base import SparseBatch, l2_normalize
+from lexlens.results import sort_results
+
+if TYPE_CHECKING:
+    from lexlens.index.index import Index
+
+__all__ = ["Query", "Hit", "SearchResults", "search_index", "encode_queries", "fuse"]
+
+
+@dataclass
+class Query:
+    """One query; see the module docstring for the combinations allowed."""
+
+    text: str | None = None
+    image: Any = None  # path or PIL.Image
+    weight: float = 0.5
+    item: int | None = None
+    embedding: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            self.text is not None or self.image is not None,
+            self.item is not None,
+            self.embedding is not None,
+        ]
+        if sum(given) != 1:
+            raise UsageError(
+                "a query is text and/or image, or an item id, or an embedding (exactly one of these)"
+            )
+        if not 0.0 <= float(self.weight) <= 1.0:
+            raise UsageError(f"weight must be between 0 and 1, got {self.weight}")
+        if isinstance(self.image, str | Path) and not Path(self.image).is_file():
+            raise NotFoundError(f"query image {self.image} does not exist")
+
+    def describe(self) -> str:
+        """A short human description of the query."""
+        if self.item is not None:
+            return f"item {self.item}"
+        if self.embedding is not None:
+            return f"embedding[{np.asarray(self.embedding).shape[-1]}]"
+        img = (
+            None
+            if self.image is None
+            else (str(self.image) if isinstance(self.image, str | Path) else "<image>")
+        )
+        if img and self.text is not None:
+            return f"image {img} + text {self.text!r} (weight {self.weight})"
+        return f"image {img}" if img else f"text {self.text!r}"
+
+
+@dataclass
+class Hit:
+    """One result with its metadata row (``explain``: the shared words of a lexical match)."""
+
+    rank: int
+    id: int
+    score: float
+    path: str | None = None
+    text: str | None = None
+    captions: list[str] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+    explain: Any = None
+
+
+@dataclass
+class SearchResults:
+    """``scores[n, k]`` / ``ids[n, k]`` under the result contract, plus hits with metadata."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    hits: list[list[Hit]]
+    queries: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: one entry per query with its hits."""
+        return {
+            "results": [
+                {"query": q, "hits": [asdict(h) for h in hs]}
+                for q, hs in zip(self.queries, self.hits, strict=True)
+            ]
+        }
+
+
+def fuse(image: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
+    """Training-free image+text fusion: normalised weighted sum of normalised embeddings."""
+    return l2_normalize((1.0 - weight) * l2_normalize(image) + weight * l2_normalize(text))
+
+
+def _sparse_mix(a: SparseBatch, b: SparseBatch, wa: float, wb: float) -> SparseBatch:
+    return SparseBatch.from_dense(wa * a.to_dense() + wb * b.to_dense(), vocab=a.vocab)
+
+
+def encode_queries(index: Index, queries: Sequence[Query]) -> Vectors:
+    """Dense (and, when the index uses them, lexical) vectors of the queries."""
+    from lexlens.index.spec import spec_needs
+
+    _, want_sparse = spec_needs(index.spec)
+    n = len(queries)
+    dim = index._state.manifest.dim
+    dense = np.zeros((n, dim), np.float32)
+    sparse_rows: list[SparseBatch | None] = [None] * n
+    texts = [i for i, q in enumerate(queries) if q.text is not None and q.image is None]
+    images = [i for i, q in enumerate(queries) if q.image is not None]
+    enc = index.encoder if texts or images else None
+    if texts:
+        t = [str(queries[i].text) for i in texts]
+        dense[texts] = enc.encode_texts(t)
+        if want_sparse:
+            sp = enc.encode_texts_lexical(t)
+            for j, i in enumerate(texts):
+                sparse_rows[i] = _row_batch(sp, j)
+    if images:
+        imgs = [queries[i].image for i in images]
+        img_dense = enc.encode_images(imgs)
+        img_sparse = enc.encode_images_lexical(imgs) if want_sparse else None
+        for j, i in enumerate(images):
+            q = queries[i]
+            dense[i] = img_dense[j]
+            if img_sparse is not None:
+                sparse_rows[i] = _row_batch(img_sparse, j)
+            if q.text is not None:
+                tv = enc.encode_texts([q.text])
+                dense[i] = fuse(img_dense[j : j + 1], tv, q.weight)[0]
+                if img_sparse is not None:
+                    ts = enc.encode_texts_lexical([q.text])
+                    sparse_rows[i] = _sparse_mix(
+                        _row_batch(img_sparse, j), ts, 1.0 - q.weight, q.weight
+                    )
+    items = [i for i, q in enumerate(queries) if q.item is not None]
+    if items:
+        stored = index.vectors([int(queries[i].item) for i in items])  # type: ignore[arg-type]
+        if stored.dense is not None:
+            dense[items] = stored.dense
+        if stored.sparse is not None and want_sparse:
+            for j, i in enumerate(items):
+                sparse_rows[i] = _row_batch(stored.sparse, j)
+    for i, q in enumerate(queries):
+        if q.embedding is not None:
+            e = np.asarray(q.embedding, np.float32).reshape(-1)
+            if e.shape[0] != dim:
+                raise UsageError(
+                    f"the embedding has {e.shape[0]} dimensions; this index uses {dim}"
+                )
+            dense[i] = l2_normalize(e[None, :])[0]
+            if want_sparse:
+                raise UsageError(
+                    f"raw-embedding queries need a dense index; this one is {index.spec}"
+                )
+    sparse = None
+    if want_sparse:
+        from lexlens.index.ingest import sparse_from_rows
+
+        parts = [r for r in sparse_rows if r is not None]
+        sparse = sparse_from_rows([r.row(0) for r in parts], parts[0].vocab_size) if parts else None
+        if sparse is not None:
+            sparse.vocab = parts[0].vocab
+    return Vectors(dense=dense, sparse=sparse)
+
+
+def _row_batch(sp: SparseBatch, j: int) -> SparseBatch:
+    idx, val = sp.row(j)
+    return SparseBatch(
+        np.asarray([0, len(idx)], np.int64), idx.copy(), val.copy(), sp.vocab_size, sp.vocab
+    )
+
+
+def _keep(
+    ids: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None, min_score: float | None
+) -> np.ndarray:
+    ok = ids >= 0
+    if allowed is not None:
+        pos = np.minimum(np.searchsorted(allowed, ids), max(len(allowed) - 1, 0))
+        ok &= (allowed[pos] == ids) if len(allowed) else False
+    if min_score is not None:
+        ok &= scores >= min_score
+    return ok
+
+
+def search_index(
+    index: Index,
+    query: Query | Sequence[Query] | str,
+    k: int = 10,
+    params: SearchParams | None = None,
+    min_score: float | None = None,
+    where: str | None = None,
+    explain: bool = False,
+) -> SearchResults:
+    """Run queries against an index (see module docstring)."""
+    from lexlens.index.filters import parse_where, where_sql
+
+    if k <= 0:
+        raise UsageError(f"k must be positive, got {k}")
+    queries = (
+        [Query(text=query)]
+        if isinstance(query, str)
+        else [query]
+        if isinstance(query, Query)
+        else list(query)
+    )
+    if not queries:
+        raise UsageError("no query given")
+    state = index._state  # one generation for the whole call, even if an add publishes meanwhile
+    vecs = encode_queries(index, queries)
+    allowed = None
+    conds = parse_where(where)
+    if conds:
+        sql, sql_params = where_sql(conds)
+        allowed = state.meta.select_ids(sql, sql_params)
+    total = state.kind.ntotal
+    fetch = min(k, total) if allowed is None else min(total, 4 * k)
+    while True:
+        s, i = state.kind.search(vecs, max(fetch, 1), params)
+        ok = _keep(i, s, allowed, min_score)
+        s, i = sort_results(np.where(ok, s, -np.inf), np.where(ok, i, -1), k)
+        enough = (i >= 0).sum(axis=1) >= min(k, total if allowed is None else len(allowed))
+        if fetch >= total or enough.all() or allowed is None:
+            break
+        fetch = min(total, fetch * 4)
+    rows = state.meta.rows(np.unique(i[i >= 0]))
+    explainer = _explainer() if explain and state.sparse is not None else None
+    hits: list[list[Hit]] = []
+    for r in range(len(queries)):
+        row_hits = []
+        for c in range(k):
+            iid = int(i[r, c])
+            if iid < 0:
+                break
+            meta = rows.get(iid)
+            h = Hit(c + 1, iid, float(s[r, c]))
+            if meta is not None:
+                h.path, h.text, h.captions, h.fields = (
+                    meta.path,
+                    meta.text,
+                    meta.captions,
+                    meta.fields,
+                )
+            if explainer is not None and vecs.sparse is not None:
+                item = index.vectors([iid]).sparse
+                h.explain = explainer(
+                    _row_batch(vecs.sparse, r), item, vecs.sparse.vocab or state.sparse.vocab
+                )
+            row_hits.append(h)
+        hits.append(row_hits)
+    return SearchResults(s, i, hits, [q.describe() for q in queries])
+
+
+def _explainer() -> Any:
+    try:
+        from lexlens.index import sparse
+    except ModuleNotFoundError:
+        return None
+    return getattr(sparse, "explain", None)
