@@ -32,8 +32,10 @@ class FakeEncoder(Encoder):
     def preprocess(self, image) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(image) as im:
-            small = im.convert("RGB").resize((4, 4), Image.Resampling.BILINEAR)
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as im:
+                return self.preprocess(im.convert("RGB"))
+        small = image.convert("RGB").resize((4, 4), Image.Resampling.BILINEAR)
         return (np.asarray(small, np.float32) / 255.0).transpose(2, 0, 1).copy()
 
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
