@@ -95,15 +95,280 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- index (issue #5)
+@dataclass
+class IndexBuildArgs:
+    source: str
+    model: str
+    out: str
+    spec: str | None = None
+    items: str = "images"
+    workers: int | None = None
+    batch_size: int = 256
+    json: bool = False
+
+
+@dataclass
+class IndexAddArgs:
+    index: str
+    source: str
+    workers: int | None = None
+    batch_size: int = 256
+    json: bool = False
+
+
+@dataclass
+class IndexRemoveArgs:
+    index: str
+    paths: list[str]
+    ids: list[int]
+    missing: bool = False
+    json: bool = False
+
+
+@dataclass
+class IndexInfoArgs:
+    index: str
+    verify: bool = False
+    json: bool = False
+
+
+@dataclass
+class IndexDupsArgs:
+    index: str
+    threshold: float = 0.95
+    json: bool = False
+
+
 def _build_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build, update and inspect indexes")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("index", 5))
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    p.set_defaults(_make=lambda ns: ns, _run=lambda _: p.print_help() or 2)
+
+    b = isub.add_parser("build", help="encode a dataset into a new index")
+    b.add_argument("source", help="dataset folder or file (captions.jsonl, image folder)")
+    b.add_argument("--model", required=True, help="model spec, e.g. native:scenes-mini")
+    b.add_argument("--out", required=True, help="index directory to create")
+    b.add_argument("--spec", help="index spec, e.g. flat, hnsw32, ivf4096,pq32 (default: by size)")
+    b.add_argument(
+        "--items", choices=["images", "texts"], default="images", help="index images or captions"
+    )
+    b.add_argument(
+        "--workers", type=int, help="image decoding processes (default: CPUs - 1, at most 4)"
+    )
+    b.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(
+        _make=lambda ns: IndexBuildArgs(
+            ns.source, ns.model, ns.out, ns.spec, ns.items, ns.workers, ns.batch_size, ns.json
+        ),
+        _run=_run_index_build,
+    )
+
+    a = isub.add_parser("add", help="add new or changed items (resumes after an interruption)")
+    a.add_argument("index")
+    a.add_argument("source", help="dataset folder or file")
+    a.add_argument("--workers", type=int, help="image decoding processes")
+    a.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(
+        _make=lambda ns: IndexAddArgs(ns.index, ns.source, ns.workers, ns.batch_size, ns.json),
+        _run=_run_index_add,
+    )
+
+    r = isub.add_parser("remove", help="remove items by path or id, or those whose file is gone")
+    r.add_argument("index")
+    r.add_argument("paths", nargs="*", help="image paths to remove")
+    r.add_argument(
+        "--id", dest="ids", type=int, action="append", default=[], help="an item id (repeatable)"
+    )
+    r.add_argument(
+        "--missing", action="store_true", help="remove items whose file no longer exists"
+    )
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(
+        _make=lambda ns: IndexRemoveArgs(ns.index, ns.paths, ns.ids, ns.missing, ns.json),
+        _run=_run_index_remove,
+    )
+
+    i = isub.add_parser("info", help="model, spec, counts, sizes of an index")
+    i.add_argument("index")
+    i.add_argument("--verify", action="store_true", help="re-hash every file against the manifest")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(
+        _make=lambda ns: IndexInfoArgs(ns.index, ns.verify, ns.json), _run=_run_index_info
+    )
+
+    d = isub.add_parser("dups", help="exact and near-duplicate groups")
+    d.add_argument("index")
+    d.add_argument(
+        "--threshold", type=float, default=0.95, help="cosine similarity for near duplicates"
+    )
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(
+        _make=lambda ns: IndexDupsArgs(ns.index, ns.threshold, ns.json), _run=_run_index_dups
+    )
+
+
+def _report_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"added {r['added']}, updated {r['updated']}, unchanged {r['skipped']}, failed {r['failed']}"
+        + (f", relabelled {r['relabelled']}" if r.get("relabelled") else "")
+        + (f", resumed {r['reused']} from checkpoints" if r.get("reused") else ""),
+        f"{r['count']} items (generation {r['generation']})",
+    ]
+    lines += [f"  unreadable: {p}" for p in r.get("failed_paths", [])[:10]]
+    return "\n".join(lines)
+
+
+def _run_index_build(a: IndexBuildArgs) -> int:
+    from lexlens.index.index import Index
+
+    idx = Index.build(
+        a.source,
+        a.model,
+        a.out,
+        spec=a.spec,
+        items=a.items,
+        progress=not a.json,
+        workers=a.workers,
+        batch_size=a.batch_size,
+    )
+    _emit(
+        {**idx.last_report, "index": str(idx.path), "spec": str(idx.spec)},
+        a.json,
+        lambda r: f"built {r['index']} ({r['spec']})\n" + _report_text(r),
+    )
+    return 0
+
+
+def _run_index_add(a: IndexAddArgs) -> int:
+    from lexlens.index.index import Index
+
+    report = Index.open(a.index).add(
+        a.source, progress=not a.json, workers=a.workers, batch_size=a.batch_size
+    )
+    _emit(report, a.json, _report_text)
+    return 0
+
+
+def _run_index_remove(a: IndexRemoveArgs) -> int:
+    from lexlens.errors import UsageError
+    from lexlens.index.index import Index
+
+    if not (a.paths or a.ids or a.missing):
+        raise UsageError("nothing to remove: give paths, --id ID or --missing")
+    idx = Index.open(a.index)
+    n = idx.remove([*a.paths, *a.ids], missing=a.missing)
+    _emit(
+        {"removed": n, "count": len(idx)},
+        a.json,
+        lambda r: f"removed {r['removed']}; {r['count']} items left",
+    )
+    return 0
+
+
+def _run_index_info(a: IndexInfoArgs) -> int:
+    from lexlens.index.index import Index
+
+    info = Index.open(a.index).info(verify=a.verify)
+    _emit(info, a.json, lambda d: "\n".join(f"{k:>22}: {v}" for k, v in d.items()))
+    return 1 if a.verify and not info["verified"] else 0
+
+
+def _run_index_dups(a: IndexDupsArgs) -> int:
+    from lexlens.index.index import Index
+
+    groups = Index.open(a.index).dups(a.threshold, progress=not a.json)
+
+    def text(gs: list[Any]) -> str:
+        if not gs:
+            return "no duplicates"
+        out = []
+        for g in gs:
+            out.append(f"{g.kind} ({len(g.ids)} items, similarity >= {g.min_similarity:.4f}):")
+            out += [f"  #{i}  {p}" for i, p in zip(g.ids, g.paths, strict=True)]
+        return "\n".join(out)
+
+    _emit([asdict(g) for g in groups] if a.json else groups, a.json, text)
+    return 0
 
 
 # ----------------------------------------------------------------------------- search (issue #5)
+@dataclass
+class SearchArgs:
+    index: str
+    query: str | None = None
+    image: str | None = None
+    text: str | None = None
+    weight: float = 0.5
+    item: int | None = None
+    embedding: str | None = None
+    k: int = 10
+    min_score: float | None = None
+    where: str | None = None
+    nprobe: int | None = None
+    ef: int | None = None
+    explain: bool = False
+    json: bool = False
+
+
 def _build_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="query an index by text, image, image+text or embedding")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("search", 5))
+    p.add_argument("index")
+    p.add_argument("query", nargs="?", help="query text, or the path of an image file")
+    p.add_argument("--image", help="query image (with --text: image + text)")
+    p.add_argument("--text", help="query text (with --image: image + text)")
+    p.add_argument(
+        "--weight", type=float, default=0.5, help="share of the text in image+text (0..1)"
+    )
+    p.add_argument(
+        "--item", type=int, help="search with a stored item's own vector (more like this)"
+    )
+    p.add_argument("--embedding", help=".npy file with one embedding [d] or several [n, d]")
+    p.add_argument("--k", type=int, default=10, help="results per query")
+    p.add_argument("--min-score", type=float, help="drop results scoring below this")
+    p.add_argument("--where", help='metadata filter, e.g. "color=red AND n>2"')
+    p.add_argument("--nprobe", type=int, help="IVF lists probed (this query only)")
+    p.add_argument("--ef", type=int, help="HNSW efSearch (this query only)")
+    p.add_argument("--explain", action="store_true", help="show the words lexical matches share")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(
+        _make=lambda ns: SearchArgs(
+            ns.index,
+            ns.query,
+            ns.image,
+            ns.text,
+            ns.weight,
+            ns.item,
+            ns.embedding,
+            ns.k,
+            ns.min_score,
+            ns.where,
+            ns.nprobe,
+            ns.ef,
+            ns.explain,
+            ns.json,
+        ),
+        _run=_run_search,
+    )
+
+
+def _run_search(a: SearchArgs) -> int:
+    from lexlens.index.base import SearchParams
+    from lexlens.index.index import Index
+    from lexlens.search import format_results, queries_from_cli
+
+    queries = queries_from_cli(a.query, a.image, a.text, a.weight, a.item, a.embedding)
+    res = Index.open(a.index).search(
+        queries,
+        k=a.k,
+        params=SearchParams(nprobe=a.nprobe, ef_search=a.ef),
+        min_score=a.min_score,
+        where=a.where,
+        explain=a.explain,
+    )
+    _emit(res.to_dict(), a.json, lambda _: format_results(res))
+    return 0
 
 
 # ----------------------------------------------------------------------------- eval (issue #3)

@@ -36,7 +36,19 @@ from lexlens.results import sort_results
 if TYPE_CHECKING:
     from lexlens.index.index import Index
 
-__all__ = ["Query", "Hit", "SearchResults", "search_index", "encode_queries", "fuse"]
+__all__ = [
+    "Query",
+    "Hit",
+    "SearchResults",
+    "search_index",
+    "encode_queries",
+    "fuse",
+    "queries_from_cli",
+    "format_results",
+]
+
+#: file name endings treated as images when a query string names an existing file
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -282,3 +294,60 @@ def _explainer() -> Any:
     except ModuleNotFoundError:
         return None
     return getattr(sparse, "explain", None)
+
+
+def queries_from_cli(
+    query: str | None,
+    image: str | None,
+    text: str | None,
+    weight: float,
+    item: int | None,
+    embedding: str | None,
+) -> list[Query]:
+    """Queries from the ``lexlens search`` arguments (a QUERY naming an image file is an image)."""
+    if query is not None:
+        if Path(query).suffix.lower() in IMAGE_SUFFIXES and Path(query).is_file():
+            if image is not None:
+                raise UsageError("two query images given (QUERY and --image)")
+            image = query
+        elif text is not None:
+            raise UsageError("two query texts given (QUERY and --text)")
+        else:
+            text = query
+    if embedding is not None:
+        try:
+            arr = np.load(embedding)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read embedding file {embedding}: {e}") from None
+        arr = np.atleast_2d(np.asarray(arr, np.float32))
+        if arr.ndim != 2:
+            raise UsageError(
+                f"{embedding} must hold [d] or [n, d] embeddings, got shape {arr.shape}"
+            )
+        if text is not None or image is not None or item is not None:
+            raise UsageError("--embedding cannot be combined with other query inputs")
+        return [Query(embedding=row) for row in arr]
+    if item is not None:
+        if text is not None or image is not None:
+            raise UsageError("--item cannot be combined with text or image")
+        return [Query(item=item)]
+    if text is None and image is None:
+        raise UsageError("no query: give QUERY text, --image, --item or --embedding")
+    return [Query(text=text, image=image, weight=weight)]
+
+
+def format_results(res: SearchResults) -> str:
+    """Human-readable results: per query, rank, score, id and path or caption."""
+    lines: list[str] = []
+    for q, hits in zip(res.queries, res.hits, strict=True):
+        lines.append(f"query: {q}")
+        if not hits:
+            lines.append("  (no results)")
+        for h in hits:
+            what = h.text if h.text is not None else (h.path or "")
+            if h.text is None and h.captions:
+                what += f'  "{h.captions[0]}"'
+            lines.append(f"  {h.rank:>3}  {h.score:7.4f}  #{h.id:<7} {what}")
+            if h.explain:
+                lines.append(f"       shared words: {h.explain}")
+    return "\n".join(lines)

@@ -153,7 +153,8 @@ class Index:
         self._store = IndexDir(self.path)
         self._state = state
         self._encoder = encoder
-        self._encoder_checked = False
+        #: the report of this object's latest ``add`` (or of the ``build`` that made it)
+        self.last_report: dict[str, Any] = {}
         self._lock = threading.Lock()
         if encoder is not None:
             self._check_encoder(encoder)
@@ -368,6 +369,7 @@ class Index:
             ck.clear()
         report.count = self._state.manifest.count
         report.generation = self._state.manifest.generation
+        self.last_report = report.to_dict()
         return report
 
     # ----------------------------------------------------------------------------- remove
