@@ -6,6 +6,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS := dev,openclip,hf,server,scale,bench
 PYTEST_ARGS ?=
+# Test-only packages installed WITHOUT their dependencies (pip extras cannot say --no-deps):
+# clip-benchmark is used only for its recall code in tests/eval (cross-check); its declared
+# dependencies (torchvision, webdataset, pycocoevalcap, scikit-learn, ...) are not needed for that.
+NODEPS_DEV := clip-benchmark==1.6.2
 
 .PHONY: install test test-all demo lint bench clean
 
@@ -13,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps $(NODEPS_DEV)
 	touch $(STAMP)
 
 install: $(STAMP)
