@@ -120,9 +120,8 @@ def _near_groups(
                         weakest[pair] = float(score)
             bar.update(len(q))
     groups: dict[int, list[int]] = {}
-    for me in rep_set:
-        if me in uf.parent:
-            groups.setdefault(uf.find(me), []).append(me)
+    for me in {i for pair in weakest for i in pair}:
+        groups.setdefault(uf.find(me), []).append(me)
     out = []
     for members in groups.values():
         if len(members) > 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,10 +55,25 @@ if TYPE_CHECKING:
     from lexlens.index.dups import DupGroup
     from lexlens.search import Query, SearchResults
 
-__all__ = ["Index", "AddReport"]
+__all__ = ["Index", "AddReport", "EncodeFn"]
+
+#: a replacement for the local encoding loop: ``(todo, want_sparse) -> encoded batches``
+EncodeFn = Callable[[Sequence[SourceItem], bool], Iterable[EncodedBatch]]
 
 #: the text whose embedding fingerprints the model an index was built with
 PROBE_TEXT = "a red circle above a blue square"
+#: files recorded less than this long after their mtime are re-hashed by ``add``
+RACY_SECONDS = 2.0
+
+
+def _probe(enc: Encoder) -> np.ndarray:
+    """The model's fingerprint: embeddings of a fixed text and a fixed image, concatenated."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    pixels = np.stack([xx * 4, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    return np.concatenate([enc.encode_texts([PROBE_TEXT])[0], enc.encode_images([image])[0]])
 
 
 @dataclass
@@ -208,8 +223,10 @@ class Index:
                 f"{self.path} holds {man.dim}-d vectors; model {enc.name} gives {enc.dim}-d"
             )
         if man.model_probe:
-            probe = enc.encode_texts([PROBE_TEXT])[0]
-            if float(np.dot(probe, np.asarray(man.model_probe, np.float32))) < 0.99:
+            probe = _probe(enc)
+            stored = np.asarray(man.model_probe, np.float32)
+            # each half is a unit vector: both must agree (cosine >= 0.99 each, so sum >= 1.98)
+            if probe.shape != stored.shape or float(np.dot(probe, stored)) < 1.98:
                 raise IndexMismatchError(
                     f"model {enc.name} no longer gives the embeddings {self.path} was built with "
                     "(retrained?); rebuild the index"
@@ -227,12 +244,15 @@ class Index:
         progress: bool = True,
         workers: int | None = None,
         batch_size: int = 256,
+        encode_with: EncodeFn | None = None,
     ) -> Index:
         """Encode ``source`` with ``model`` into a new index at ``out``.
 
         ``spec`` defaults to :func:`lexlens.index.spec.default_spec` for the collection size.
         ``items="texts"`` indexes the captions (for image -> text search). An interrupted
         build resumes when run again with the same arguments (encoded batches are kept).
+        ``encode_with(todo, want_sparse)`` replaces the local encoding (e.g. Ray); it returns
+        :class:`~lexlens.index.ingest.EncodedBatch` objects in any order.
         """
         out = Path(out)
         store = IndexDir(out)
@@ -264,7 +284,7 @@ class Index:
         else:
             cls._create_empty(store, encoder, parsed, items, needs_sparse)
         index = cls(out, _load_state(store), encoder)
-        index._add_items(todo, progress=progress, workers=workers, batch_size=batch_size)
+        index._add_items(todo, progress, workers, batch_size, encode_with)
         return index
 
     @staticmethod
@@ -284,7 +304,7 @@ class Index:
             has_dense=True,
             has_sparse=sparse,
             created=now,
-            model_probe=[round(float(v), 6) for v in encoder.encode_texts([PROBE_TEXT])[0]],
+            model_probe=[round(float(v), 6) for v in _probe(encoder)],
             lexlens_version=__version__,
         )
         with store.writer() as w:
@@ -308,7 +328,12 @@ class Index:
 
     # ----------------------------------------------------------------------------- add
     def add(
-        self, source: Any, progress: bool = True, workers: int | None = None, batch_size: int = 256
+        self,
+        source: Any,
+        progress: bool = True,
+        workers: int | None = None,
+        batch_size: int = 256,
+        encode_with: EncodeFn | None = None,
     ) -> dict[str, Any]:
         """Add what is new or changed in ``source``; returns the report as a dict.
 
@@ -319,12 +344,15 @@ class Index:
         checkpoints), ``count`` and ``generation`` after the add.
         """
         todo = read_source(source, self._state.manifest.items)
-        return self._add_items(
-            todo, progress=progress, workers=workers, batch_size=batch_size
-        ).to_dict()
+        return self._add_items(todo, progress, workers, batch_size, encode_with).to_dict()
 
     def _add_items(
-        self, todo: Sequence[SourceItem], progress: bool, workers: int | None, batch_size: int
+        self,
+        todo: Sequence[SourceItem],
+        progress: bool,
+        workers: int | None,
+        batch_size: int,
+        encode_with: EncodeFn | None = None,
     ) -> AddReport:
         enc = self.encoder
         with self._store.writer() as w:
@@ -347,17 +375,20 @@ class Index:
                 else:
                     fresh.append(item)
             report.reused = len(reused)
-            for batch in encode_items(
-                fresh, enc, man.items, man.has_sparse, batch_size, workers, progress
-            ):
+            if encode_with is not None:
+                encoded = encode_with(fresh, man.has_sparse) if fresh else []
+            else:
+                encoded = encode_items(
+                    fresh, enc, man.items, man.has_sparse, batch_size, workers, progress
+                )
+            failed_paths: set[str] = set()
+            for batch in encoded:
                 ck.write(batch)
                 batches.append(batch)
-                report.failed += len(batch.failed)
-                report.failed_paths += [p for p, _ in batch.failed][
-                    : max(0, 50 - len(report.failed_paths))
-                ]
+                failed_paths.update(p for p, _ in batch.failed)
+            report.failed += len(failed_paths)
+            report.failed_paths += sorted(failed_paths)[: max(0, 50 - len(report.failed_paths))]
             records, dense, sparse = _collect(reused, batches, man)
-            failed_paths = set(report.failed_paths)
             encoded_paths = {r.path for r in records}
             # a changed file that could not be read keeps its old entry
             remove = [i for i, p in plan.replaced if p in encoded_paths or p not in failed_paths]
@@ -527,10 +558,14 @@ def _classify(st: _State, todo: Sequence[SourceItem], report: AddReport) -> _Pla
             plan.encode.append((item, stat))
             continue
         row = old[0]
-        if (row.size, row.mtime) == stat:
+        # (size, mtime) decide, unless the file was recorded within RACY_SECONDS of its
+        # mtime: an edit in the same clock tick keeps the mtime, so then compare the bytes
+        racy = row.indexed is None or row.mtime is None or row.indexed - row.mtime < RACY_SECONDS
+        if (row.size, row.mtime) == stat and not racy:
             _same_item(plan, row, item, report)
         elif row.file_hash == file_sha256(str(item.path)):
-            plan.stat_updates.append((row.id, *stat))
+            if (row.size, row.mtime) != stat:  # touched, same bytes: record the new stat
+                plan.stat_updates.append((row.id, *stat))
             _same_item(plan, row, item, report)
         else:
             plan.encode.append((item, stat))

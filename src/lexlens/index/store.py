@@ -36,6 +36,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -316,7 +317,8 @@ CREATE TABLE IF NOT EXISTS items (
     file_hash TEXT,
     pixel_hash TEXT,
     captions TEXT NOT NULL DEFAULT '[]',
-    fields TEXT NOT NULL DEFAULT '{}'
+    fields TEXT NOT NULL DEFAULT '{}',
+    indexed REAL
 );
 CREATE INDEX IF NOT EXISTS items_path ON items(path);
 CREATE INDEX IF NOT EXISTS items_pixel_hash ON items(pixel_hash);
@@ -336,12 +338,14 @@ class ItemRow:
     pixel_hash: str | None = None
     captions: list[str] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    #: when the file's (size, mtime) were recorded (to catch edits within the mtime resolution)
+    indexed: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_COLS = "id, path, text, size, mtime, file_hash, pixel_hash, captions, fields"
+_COLS = "id, path, text, size, mtime, file_hash, pixel_hash, captions, fields, indexed"
 
 
 def _row(r: Sequence[Any]) -> ItemRow:
@@ -355,6 +359,7 @@ def _row(r: Sequence[Any]) -> ItemRow:
         pixel_hash=r[6],
         captions=json.loads(r[7]),
         fields=json.loads(r[8]),
+        indexed=r[9],
     )
 
 
@@ -390,7 +395,7 @@ class MetaDB:
     def insert(self, rows: Iterable[ItemRow]) -> None:
         con = self._con()
         con.executemany(
-            f"INSERT INTO items ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO items ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.id,
@@ -402,6 +407,7 @@ class MetaDB:
                     r.pixel_hash,
                     json.dumps(r.captions),
                     json.dumps(r.fields, sort_keys=True),
+                    time.time() if r.indexed is None else r.indexed,
                 )
                 for r in rows
             ],
@@ -413,7 +419,8 @@ class MetaDB:
     def update_stat(self, rows: Iterable[tuple[int, int, float]]) -> None:
         """Record a new (size, mtime) for items whose bytes did not change."""
         self._con().executemany(
-            "UPDATE items SET size = ?, mtime = ? WHERE id = ?", [(s, m, i) for i, s, m in rows]
+            "UPDATE items SET size = ?, mtime = ?, indexed = ? WHERE id = ?",
+            [(s, m, time.time(), i) for i, s, m in rows],
         )
 
     def update_labels(self, rows: Iterable[tuple[int, list[str], dict[str, Any]]]) -> None:
