@@ -390,9 +390,31 @@ def _build_serve(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- demo (issue #4)
+@dataclass
+class DemoArgs:
+    out: str = "demo"
+    n: int = 2000
+    model: str = "native:scenes-mini"
+    k: int = 5
+    json: bool = False
+
+
 def _build_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build the scenes demo collection and search it")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("demo", 4))
+    p.add_argument("--out", default="demo", help="folder for the scenes and the index")
+    p.add_argument("--n", type=int, default=2000, help="number of scenes")
+    p.add_argument("--model", default="native:scenes-mini", help="model spec")
+    p.add_argument("--k", type=int, default=5, help="results shown per query")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(_make=lambda ns: DemoArgs(ns.out, ns.n, ns.model, ns.k, ns.json), _run=_run_demo)
+
+
+def _run_demo(a: DemoArgs) -> int:
+    from lexlens.demo import run_demo
+
+    report = run_demo(a.out, n=a.n, model=a.model, k=a.k, progress=not a.json)
+    _emit(report, a.json, lambda r: r.text)
+    return 0
 
 
 # ----------------------------------------------------------------------------- parser

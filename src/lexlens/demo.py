@@ -1,0 +1,88 @@
+"""``lexlens demo`` / ``make demo``: a scenes collection, indexed with the shipped model, searched.
+
+Steps: check the model loads (one clear line if it does not), generate ``n`` scenes into
+``OUT/scenes`` (kept when already there), build ``OUT/index`` (or bring it up to date with
+``add``), then answer a few text queries and one image query, printing the top results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lexlens.errors import ModelNotAvailableError
+
+__all__ = ["DEMO_QUERIES", "DemoReport", "run_demo"]
+
+DEMO_MODEL = "native:scenes-mini"
+DEMO_QUERIES = ("a red circle", "two blue stars", "a green triangle above a yellow square")
+
+
+@dataclass
+class DemoReport:
+    """What the demo did and found (``results``: one entry per query, as in ``search --json``)."""
+
+    scenes: str
+    index: str
+    count: int
+    build: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+
+
+def _load_model(model: str) -> Any:
+    from lexlens.models.registry import load_encoder
+
+    try:
+        return load_encoder(model)
+    except ModelNotAvailableError as e:
+        raise ModelNotAvailableError(
+            f"the demo needs the model {model}, which is not available ({e}); "
+            "train and ship it first (issue #4) or pass --model"
+        ) from None
+
+
+def _scenes(folder: Path, n: int, seed: int, progress: bool) -> Path:
+    """Generate the scenes unless ``folder`` already holds ``n`` of them."""
+    from lexlens.data.scenes import generate_scenes
+
+    marker = folder / "captions.jsonl"
+    if marker.is_file() and sum(1 for _ in marker.open()) >= n:
+        return folder
+    generate_scenes(folder, n=n, seed=seed, progress=progress)
+    return folder
+
+
+def run_demo(
+    out: str | Path = "demo",
+    n: int = 2000,
+    model: str = DEMO_MODEL,
+    k: int = 5,
+    seed: int = 2024,
+    progress: bool = True,
+) -> DemoReport:
+    """Run the demo (see module docstring); returns what it printed and found."""
+    from lexlens.index.index import Index
+    from lexlens.search import Query, format_results
+
+    out = Path(out)
+    encoder = _load_model(model)
+    scenes = _scenes(out / "scenes", n, seed, progress)
+    idx_dir = out / "index"
+    if (idx_dir / "CURRENT").is_file():
+        index = Index.open(idx_dir, model=encoder)
+        build = index.add(scenes, progress=progress)
+    else:
+        index = Index.build(scenes, encoder, idx_dir, progress=progress)
+        build = index.last_report
+    queries = [Query(text=t) for t in DEMO_QUERIES]
+    first = index.rows([0]).get(0)
+    if first is not None and first.path:
+        queries.append(Query(image=first.path))
+    res = index.search(queries, k=k)
+    text = (
+        f"demo collection: {len(index)} scenes in {scenes}, index {idx_dir} ({index.spec})\n\n"
+        + format_results(res)
+    )
+    return DemoReport(str(scenes), str(idx_dir), len(index), build, res.to_dict()["results"], text)
