@@ -13,18 +13,23 @@ holds an item per row:
 field      type                      content
 =========  ========================  ==============================================
 id         INT64, primary key        the lexlens item id
-dense      FLOAT_VECTOR(dim), IP     the L2-normalised embedding (dense kinds)
-sparse     SPARSE_FLOAT_VECTOR, IP   lexical weights over the vocabulary (sparse kinds)
-path       VARCHAR                   the item's file path (filterable)
-meta       JSON                      user metadata (filterable: ``meta["split"] == "a"``)
+dense      FLOAT_VECTOR(dim), IP     the L2-normalised embedding (dense structures)
+sparse     SPARSE_FLOAT_VECTOR, IP   lexical weights over the vocabulary (``sparse``)
+path       VARCHAR                   the item's file path
+meta       JSON                      ``{"f": user fields, "bools": [boolean field paths],
+                                     "text", "size", "mtime"}`` for filters
 =========  ========================  ==============================================
 
-The lexlens index spec picks the Milvus index type: ``flat`` -> ``FLAT`` (exact),
-``hnswM`` -> ``HNSW`` (M, efConstruction; ``ef_search`` per query), ``ivfN,flat|sq8|pqM`` ->
-``IVF_FLAT`` / ``IVF_SQ8`` / ``IVF_PQ`` (``nprobe`` per query), ``sparse`` ->
-``SPARSE_INVERTED_INDEX`` (exact inner product). Milvus refuses empty sparse vectors, so an item
-without lexical weights stores one weight on an out-of-vocabulary sentinel dimension that no
-query ever has (it can never match, exactly like an empty row).
+The index records the spec ``milvus(INNER)``; ``INNER`` picks the Milvus index type:
+``flat`` -> ``FLAT`` (exact), ``hnswM`` -> ``HNSW`` (M, efConstruction; ``ef_search`` per
+query), ``ivfN,flat|sq8|pqM`` -> ``IVF_FLAT`` / ``IVF_SQ8`` / ``IVF_PQ`` (``nprobe`` per
+query), ``sparse`` -> ``SPARSE_INVERTED_INDEX`` (exact inner product). Milvus refuses empty
+sparse vectors, so an item without lexical weights stores one weight on an out-of-vocabulary
+sentinel dimension that no query ever has (it can never match, exactly like an empty row).
+
+``where`` filters (the grammar of :mod:`lexlens.index.filters`) are translated into Milvus
+filter expressions with the local semantics (:func:`where_to_filter`), so filtering runs
+inside Milvus next to the vectors.
 
 Search returns the lexlens result contract. Milvus orders equal scores in its own way and cuts
 at ``limit``, so the adapter asks for more than ``k`` and, while the last hit still ties with
@@ -38,6 +43,7 @@ pymilvus is imported inside functions only.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,7 +54,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lexlens.errors import IndexMismatchError, LexlensError, UsageError
-from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors
+from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors, register_kind
 from lexlens.models.base import SparseBatch
 from lexlens.results import empty_results, sort_results
 
@@ -59,6 +65,7 @@ __all__ = [
     "MilvusKind",
     "parse_backend",
     "is_milvus_backend",
+    "wrap_spec",
     "where_to_filter",
     "collection_name_for",
 ]
@@ -135,52 +142,106 @@ def collection_name_for(label: str) -> str:
 def _literal(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        if isinstance(v, float) and not np.isfinite(v):
+    if isinstance(v, float):
+        if not np.isfinite(v):
             raise UsageError(f"filter values must be finite, got {v}")
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a double-quoted string with escapes, which Milvus accepts
-    raise UsageError(f"filter values must be strings, numbers or booleans, got {type(v).__name__}")
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(str(v))  # a double-quoted string with escapes, which Milvus accepts
 
 
-def where_to_filter(where: Mapping[str, Any] | None) -> str:
-    """Translate lexlens ``where`` conditions into a Milvus filter expression.
+def _positive(field: str, op: str, value: Any) -> tuple[str, str | None]:
+    """Milvus expression true exactly where lexlens's ``field op value`` is true.
 
-    ``where`` maps a field to a value (equality) or to a list of values (any of them); the
-    conditions are joined with ``and``. ``path`` is the item's path; every other key is a user
-    metadata field (``meta["key"]``). ``{"split": "val", "colour": ["red", "blue"]}`` ->
-    ``meta["split"] == "val" and (meta["colour"] == "red" or meta["colour"] == "blue")``.
-    Membership is spelled as ``or`` because Milvus Lite accepts ``in`` on plain fields only.
+    Returns ``(expr, key)``: ``key`` is the JSON key read when it may be missing (Milvus then
+    yields null, which ``not`` does not turn into true), else ``None``.
     """
-    if not where:
-        return ""
+    mop = "==" if op == "=" else op
+    if field == "id":  # INTEGER column: booleans compare as 0/1, strings never match
+        if isinstance(value, str):
+            return "false", None
+        return f"id {mop} {int(value) if isinstance(value, bool) else _literal(value)}", None
+    if field == "path":  # TEXT column, never empty for an item with a file
+        ok = isinstance(value, str) and not isinstance(value, bool) and value != ""
+        return (f"path {mop} {_literal(value)}" if ok else "false"), None
+    if field in ("text", "size", "mtime"):  # TEXT / INTEGER / REAL columns kept in meta
+        key = f'meta["{field}"]'
+        if isinstance(value, bool):
+            if field != "size":
+                return "false", None
+            value = int(value)
+        if isinstance(value, str) != (field == "text"):
+            return "false", None
+        return f"{key} {mop} {_literal(value)}", key
+    key = "meta" + "".join(f'["{part}"]' for part in ("f", *field.split(".")))
+    is_bool = f'array_contains(meta["bools"], {_literal(field)})'
+    if isinstance(value, bool):  # JSON true/false only, never the numbers 1/0
+        return f"({key} == {_literal(value)} and {is_bool})", key
+    if isinstance(value, str):
+        return f"{key} {mop} {_literal(value)}", key
+    return f"({key} {mop} {_literal(value)} and not {is_bool})", key
+
+
+def where_to_filter(where: str | Sequence[Any] | None) -> str:
+    """Translate a lexlens ``--where`` filter into a Milvus filter expression.
+
+    ``where`` is the filter string of :mod:`lexlens.index.filters` (``split=val AND n>3``) or
+    its parsed conditions. The semantics are those of the local (SQLite) filter: numbers match
+    numbers, strings strings, ``true``/``false`` only booleans, and an item without the field
+    matches only ``!=``. User fields live in ``meta["f"]``; the item columns ``text``, ``size``
+    and ``mtime`` in ``meta``; ``id`` and ``path`` are collection fields.
+    """
+    from lexlens.index.filters import parse_where
+
+    conds = parse_where(where) if isinstance(where, str) or where is None else list(where)
     parts = []
-    for key, value in where.items():
-        if not _KEY_RE.fullmatch(str(key)):
-            raise UsageError(f"bad filter field {key!r}: letters, digits and _ only")
-        field = "path" if key == "path" else f'meta["{key}"]'
-        if isinstance(value, list | tuple | set | frozenset):
-            values = sorted(value, key=repr) if isinstance(value, set | frozenset) else list(value)
-            if not values:
-                return "false"
-            parts.append("(" + " or ".join(f"{field} == {_literal(v)}" for v in values) + ")")
+    for c in conds:
+        if c.op == "!=":
+            expr, key = _positive(c.field, "=", c.value)
+            if expr == "false":
+                continue  # always true
+            parts.append(f"(not exists {key} or not ({expr}))" if key else f"not ({expr})")
         else:
-            parts.append(f"{field} == {_literal(value)}")
+            expr, _ = _positive(c.field, c.op, c.value)
+            if expr == "false":
+                return "false"
+            parts.append(expr)
     return " and ".join(parts)
+
+
+def _bool_paths(fields: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the boolean leaves of a user-field object."""
+    out = []
+    for k, v in fields.items():
+        if isinstance(v, bool):
+            out.append(prefix + str(k))
+        elif isinstance(v, Mapping):
+            out += _bool_paths(v, f"{prefix}{k}.")
+    return out
+
+
+def _meta(record: Any) -> dict[str, Any]:
+    """The ``meta`` JSON of an item: user fields, boolean paths, and the text/size/mtime columns."""
+    fields = dict(getattr(record, "fields", None) or {})
+    meta: dict[str, Any] = {"f": fields, "bools": _bool_paths(fields)}
+    for col in ("text", "size", "mtime"):
+        v = getattr(record, col, None)
+        if v is not None:
+            meta[col] = v
+    return meta
 
 
 # ----------------------------------------------------------------------------- index types
 def _index_type(spec: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Milvus ``(index_type, build params, default search params)`` for a dense lexlens spec."""
-    kind = getattr(spec, "kind", None) or "flat"
-    num = getattr(spec, "number", None)
-    opt = spec.option if spec is not None else (lambda key, default=None: default)
+    """Milvus ``(index_type, build params, default search params)`` for a dense lexlens spec
+    (the same defaults as the local kinds: hnsw M=32, efc=80, ef=64; ivf nlist=1024, nprobe=16)."""
+    kind, num, opt = spec.kind, spec.number, spec.option
     if kind == "flat":
         return "FLAT", {}, {}
     if kind == "hnsw":
         m = int(num or 32)
-        return "HNSW", {"M": m, "efConstruction": int(opt("efc", 200))}, {"ef": int(opt("ef", 64))}
+        return "HNSW", {"M": m, "efConstruction": int(opt("efc", 80))}, {"ef": int(opt("ef", 64))}
     if kind == "ivf":
         nlist = int(num or 1024)
         enc = spec.encoding
@@ -202,38 +263,64 @@ def _index_type(spec: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- the kind
+def wrap_spec(inner: Any) -> Any:
+    """``flat`` -> ``milvus(flat)``: the spec an index on the Milvus backend records."""
+    from lexlens.index.spec import IndexSpec, parse_spec
+
+    inner = parse_spec(inner)
+    if inner.kind == MilvusKind.kind:
+        return inner
+    return IndexSpec(MilvusKind.kind, children=(inner,))
+
+
+@register_kind
 class MilvusKind(IndexKind):
     """An :class:`IndexKind` whose items live in one Milvus collection (see module docstring).
 
-    Besides the kind interface, :meth:`add` takes optional ``paths`` and ``metadata`` (stored
-    for filters) and :meth:`search` an optional ``where`` mapping (see :func:`where_to_filter`).
+    Its spec wraps the structure Milvus builds: ``milvus(flat)``, ``milvus(hnsw32)``,
+    ``milvus(ivf1024,pq32)``, ``milvus(sparse)``. It is made by :meth:`create` (the backend URI
+    is not part of a spec) and reopened from the pointer file by :meth:`load`. Beyond the kind
+    interface, :meth:`add` stores item records (path, user fields, text, size, mtime) and
+    :meth:`search` evaluates ``where`` filters inside Milvus (``accepts_where``).
     """
 
     kind: ClassVar[str] = "milvus"
+    takes_children: ClassVar[bool] = True
+    #: search() takes ``where`` and filters inside the engine
+    accepts_where: ClassVar[bool] = True
 
     def __init__(
         self,
         target: MilvusTarget,
         collection: str,
+        spec: Any,
         ctx: KindContext,
-        dense_spec: Any = None,
-        sparse: bool = False,
         create: bool = True,
     ) -> None:
         if not _NAME_RE.fullmatch(collection):
             raise UsageError(f"bad Milvus collection name {collection!r}")
-        if ctx.dim <= 0 and not sparse:
-            raise UsageError("a Milvus index needs dense vectors (dim > 0) or sparse ones")
+        if spec.kind != self.kind or len(spec.children) != 1 or spec.options:
+            raise UsageError(
+                f"a Milvus index spec is milvus(INDEX) with one index inside, not {spec}"
+            )
+        child = spec.children[0]
+        self.spec = spec
         self.target = target
         self.collection = collection
         self.ctx = ctx
-        self.dense_spec = dense_spec if ctx.dim > 0 else None
-        self.has_dense = ctx.dim > 0
-        self.has_sparse = bool(sparse)
-        self.needs_dense = self.has_dense  # type: ignore[misc]  # per instance here
-        self.needs_sparse = self.has_sparse  # type: ignore[misc]
-        if self.has_dense:
-            self._index_type, self._build_params, self._search_defaults = _index_type(dense_spec)
+        self.has_sparse = child.kind == "sparse"
+        self.has_dense = not self.has_sparse
+        if self.has_sparse:
+            if child.options or child.number is not None:
+                raise UsageError(
+                    f"Milvus keeps every lexical weight exactly; use plain sparse, not {child}"
+                )
+            if ctx.vocab_size <= 0:
+                raise UsageError("milvus(sparse) needs a model with a lexical vocabulary")
+        else:
+            if ctx.dim <= 0:
+                raise UsageError(f"milvus({child}) needs dense vectors")
+            self._index_type, self._build_params, self._search_defaults = _index_type(child)
         self._client = _connect(target)
         if self._client.has_collection(collection):
             self._check_existing()
@@ -241,27 +328,33 @@ class MilvusKind(IndexKind):
             self._create()
         else:
             raise IndexMismatchError(f"Milvus collection {collection!r} does not exist at {target}")
-        self._client.load_collection(collection)
+        self._call("load_collection", collection)
 
     # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: Any, ctx: KindContext) -> MilvusKind:
+        """Refused: a Milvus index needs a backend URI, which a spec does not carry."""
+        raise UsageError(
+            f"{spec} is made with --backend milvus://PATH_OR_URI (lexlens.Index.build(..., backend=...))"
+        )
+
     @classmethod
     def create(
         cls,
         backend: str,
-        collection: str,
+        spec: Any,
         ctx: KindContext,
-        spec: Any = None,
-        sparse: bool | None = None,
+        collection: str,
         default_lite: str | os.PathLike[str] | None = None,
     ) -> MilvusKind:
-        """A new (or reopened, when the schema matches) collection for ``backend``.
+        """A new collection (or the existing one when its schema matches) at ``backend``.
 
-        ``spec`` is the lexlens dense index spec (``flat`` by default). ``sparse`` defaults to
-        ``ctx.vocab_size > 0``.
+        ``spec`` is the structure (``flat``, ``hnsw32``, ``sparse``; wrapped as ``milvus(...)``
+        when it is not already).
         """
-        target = parse_backend(backend, default_lite)
-        want_sparse = ctx.vocab_size > 0 if sparse is None else sparse
-        return cls(target, collection, ctx, spec, want_sparse, create=True)
+        return cls(
+            parse_backend(backend, default_lite), collection, wrap_spec(spec), ctx, create=True
+        )
 
     def _create(self) -> None:
         from pymilvus import DataType
@@ -288,10 +381,10 @@ class MilvusKind(IndexKind):
             )
         schema.add_field("path", DataType.VARCHAR, max_length=_PATH_MAX)
         schema.add_field("meta", DataType.JSON)
-        c.create_collection(self.collection, schema=schema, index_params=index_params)
+        self._call("create_collection", self.collection, schema=schema, index_params=index_params)
 
     def _check_existing(self) -> None:
-        desc = self._client.describe_collection(self.collection)
+        desc = self._call("describe_collection", self.collection)
         fields = {f["name"]: f for f in desc.get("fields", [])}
         if self.has_dense:
             got = int((fields.get("dense") or {}).get("params", {}).get("dim", -1))
@@ -304,19 +397,16 @@ class MilvusKind(IndexKind):
             raise IndexMismatchError(f"Milvus collection {self.collection!r} has no sparse field")
 
     # -- IndexKind -------------------------------------------------------------------
-    def add(
-        self,
-        ids: np.ndarray,
-        vectors: Vectors,
-        paths: Sequence[str] | None = None,
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> None:
-        """Insert (or overwrite) items with optional paths and user metadata for filters."""
+    def add(self, ids: np.ndarray, vectors: Vectors, records: Sequence[Any] | None = None) -> None:
+        """Insert (or overwrite) items; ``records`` (duck-typed: ``path``, ``fields``, ``text``,
+        ``size``, ``mtime``, e.g. :class:`lexlens.index.ingest.ItemRecord`) feed the filters."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(ids)
         if len(np.unique(ids)) != n:
             raise UsageError("ids must be unique")
-        dense = None
+        if records is not None and len(records) != n:
+            raise UsageError(f"got {len(records)} records for {n} ids")
+        dense = sparse = None
         if self.has_dense:
             if vectors.dense is None:
                 raise UsageError("this Milvus index needs dense vectors")
@@ -325,41 +415,24 @@ class MilvusKind(IndexKind):
                 raise UsageError(
                     f"expected {n} vectors of dimension {self.ctx.dim}, got shape {tuple(dense.shape)}"
                 )
-        sparse = vectors.sparse if self.has_sparse else None
-        if self.has_sparse and (sparse is None or len(sparse) != n):
-            raise UsageError(f"this Milvus index needs {n} sparse (lexical) vectors")
-        for name, seq in (("paths", paths), ("metadata", metadata)):
-            if seq is not None and len(seq) != n:
-                raise UsageError(f"got {len(seq)} {name} for {n} ids")
+        if self.has_sparse:
+            sparse = vectors.sparse
+            if sparse is None or len(sparse) != n:
+                raise UsageError(f"this Milvus index needs {n} sparse (lexical) vectors")
         for a in range(0, n, _WRITE_BATCH):
-            rows = [
-                self._row(i, ids, dense, sparse, paths, metadata)
-                for i in range(a, min(n, a + _WRITE_BATCH))
-            ]
+            rows = []
+            for i in range(a, min(n, a + _WRITE_BATCH)):
+                rec = records[i] if records is not None else None
+                path = str(getattr(rec, "path", None) or "")
+                if len(path.encode()) > _PATH_MAX:
+                    raise UsageError(f"path longer than {_PATH_MAX} bytes: {path[:80]}...")
+                row: dict[str, Any] = {"id": int(ids[i]), "path": path, "meta": _meta(rec)}
+                if dense is not None:
+                    row["dense"] = dense[i].tolist()
+                if sparse is not None:
+                    row["sparse"] = self._sparse_row(sparse, i)
+                rows.append(row)
             self._call("upsert", self.collection, rows)
-
-    def _row(
-        self,
-        i: int,
-        ids: np.ndarray,
-        dense: np.ndarray | None,
-        sparse: SparseBatch | None,
-        paths: Sequence[str] | None,
-        metadata: Sequence[Mapping[str, Any] | None] | None,
-    ) -> dict[str, Any]:
-        path = "" if paths is None else str(paths[i])
-        if len(path.encode()) > _PATH_MAX:
-            raise UsageError(f"path longer than {_PATH_MAX} bytes: {path[:80]}...")
-        row: dict[str, Any] = {
-            "id": int(ids[i]),
-            "path": path,
-            "meta": dict(metadata[i] or {}) if metadata is not None else {},
-        }
-        if dense is not None:
-            row["dense"] = dense[i].tolist()
-        if sparse is not None:
-            row["sparse"] = self._sparse_row(sparse, i)
-        return row
 
     def _sparse_row(self, sparse: SparseBatch, i: int) -> dict[int, float]:
         idx, val = sparse.row(i)
@@ -376,8 +449,7 @@ class MilvusKind(IndexKind):
         """Delete items by id (unknown ids are ignored); returns how many were removed."""
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
         removed = 0
-        for a in range(0, len(ids), _WRITE_BATCH):
-            chunk = ids[a : a + _WRITE_BATCH].tolist()
+        for chunk in _chunks(ids.tolist(), _WRITE_BATCH):
             present = self._call(
                 "query", self.collection, filter=f"id in {chunk}", output_fields=["id"]
             )
@@ -391,14 +463,16 @@ class MilvusKind(IndexKind):
         queries: Vectors,
         k: int,
         params: SearchParams | None = None,
-        where: Mapping[str, Any] | None = None,
+        where: str | Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` per query under the result contract; dense queries when given, else sparse."""
+        """Top-``k`` per query under the result contract, among the items ``where`` admits."""
         n = len(queries)
         if k <= 0 or n == 0:
             return empty_results(n, max(k, 0))
         expr = where_to_filter(where)
-        if queries.dense is not None and self.has_dense:
+        if self.has_dense:
+            if queries.dense is None:
+                raise UsageError("this Milvus index needs dense query vectors")
             q = np.asarray(queries.dense, dtype=np.float32)
             if q.ndim != 2 or q.shape[1] != self.ctx.dim:
                 raise UsageError(
@@ -406,18 +480,17 @@ class MilvusKind(IndexKind):
                 )
             data: list[Any] = [row.tolist() for row in q]
             return self._search("dense", data, k, self._search_params(params), expr)
-        if queries.sparse is not None and self.has_sparse:
-            rows = [self._query_sparse_row(queries.sparse, i) for i in range(n)]
-            live = [i for i, r in enumerate(rows) if r]
-            out_s, out_i = empty_results(n, k)
-            if live:  # a query without any weight matches nothing (Milvus refuses it anyway)
-                s, i_ = self._search(
-                    "sparse", [rows[i] for i in live], k, {"drop_ratio_search": 0.0}, expr
-                )
-                out_s[live], out_i[live] = s, i_
-            return out_s, out_i
-        need = "dense" if self.has_dense else "sparse (lexical)"
-        raise UsageError(f"this Milvus index needs {need} query vectors")
+        if queries.sparse is None:
+            raise UsageError("this Milvus index needs sparse (lexical) query vectors")
+        rows = [self._query_sparse_row(queries.sparse, i) for i in range(n)]
+        live = [i for i, r in enumerate(rows) if r]
+        out_s, out_i = empty_results(n, k)
+        if live:  # a query without any weight matches nothing (Milvus refuses it anyway)
+            s, i_ = self._search(
+                "sparse", [rows[i] for i in live], k, {"drop_ratio_search": 0.0}, expr
+            )
+            out_s[live], out_i[live] = s, i_
+        return out_s, out_i
 
     def _query_sparse_row(self, sparse: SparseBatch, i: int) -> dict[int, float]:
         idx, val = sparse.row(i)
@@ -439,6 +512,8 @@ class MilvusKind(IndexKind):
         """Search in query batches; widen the limit while ties at the ``k``-th place continue."""
         n = len(data)
         out_s, out_i = empty_results(n, k)
+        if expr == "false":
+            return out_s, out_i
         for a in range(0, n, _QUERY_BATCH):
             todo = list(range(a, min(n, a + _QUERY_BATCH)))
             limit = min(_MAX_TOPK, k + max(8, k // 4))
@@ -472,11 +547,10 @@ class MilvusKind(IndexKind):
         return {
             "backend": str(self.target),
             "collection": self.collection,
+            "spec": str(self.spec),
             "dim": int(self.ctx.dim),
             "vocab_size": int(self.ctx.vocab_size),
-            "sparse": self.has_sparse,
-            "dense_spec": None if self.dense_spec is None else str(self.dense_spec),
-            "index_type": getattr(self, "_index_type", None),
+            "index_type": getattr(self, "_index_type", "SPARSE_INVERTED_INDEX"),
         }
 
     def save(self, directory: Path) -> list[str]:
@@ -495,24 +569,15 @@ class MilvusKind(IndexKind):
             )
         ptr = json.loads(f.read_text())
         ctx = options.get("context") or KindContext(dim=ptr["dim"], vocab_size=ptr["vocab_size"])
+        spec = wrap_spec(ptr["spec"])
+        if "spec" in options and str(options["spec"]) != str(spec):
+            raise IndexMismatchError(f"{f} describes {spec}, the index says {options['spec']}")
         if (ctx.dim, ctx.vocab_size) != (ptr["dim"], ptr["vocab_size"]):
             raise IndexMismatchError(
-                f"Milvus pointer says dim={ptr['dim']}, vocab={ptr['vocab_size']}; the index says "
+                f"{f} says dim={ptr['dim']}, vocab={ptr['vocab_size']}; the index says "
                 f"dim={ctx.dim}, vocab={ctx.vocab_size}"
             )
-        spec = None
-        if ptr.get("dense_spec"):
-            from lexlens.index.spec import parse_spec
-
-            spec = parse_spec(ptr["dense_spec"])
-        return cls(
-            parse_backend(ptr["backend"]),
-            ptr["collection"],
-            ctx,
-            spec,
-            bool(ptr["sparse"]),
-            create=False,
-        )
+        return cls(parse_backend(ptr["backend"]), ptr["collection"], spec, ctx, create=False)
 
     @property
     def ntotal(self) -> int:
@@ -521,26 +586,37 @@ class MilvusKind(IndexKind):
         return int(res[0]["count(*)"]) if res else 0
 
     def memory_bytes(self) -> int:
-        """Raw vector bytes held by Milvus (dense float32 rows; sparse not counted)."""
-        return self.ntotal * 4 * int(self.ctx.dim)
+        """Raw dense vector bytes held by Milvus (the server's RAM, not this process's)."""
+        return self.ntotal * 4 * int(self.ctx.dim) if self.has_dense else 0
 
     # -- extras ----------------------------------------------------------------------
+    def select_ids(self, where: str | Sequence[Any] | None) -> np.ndarray:
+        """Ascending ids of the items a ``where`` filter admits (evaluated by Milvus).
+
+        Up to 16,384 ids (Milvus's cap for one query); more raise :class:`UsageError`.
+        """
+        expr = where_to_filter(where)
+        if expr == "false":
+            return np.zeros(0, np.int64)
+        res = self._call(
+            "query", self.collection, filter=expr, output_fields=["id"], limit=_MAX_TOPK
+        )
+        if len(res) >= _MAX_TOPK:
+            raise UsageError(f"the filter admits {_MAX_TOPK} or more items; narrow it")
+        return np.sort(np.fromiter((int(r["id"]) for r in res), np.int64, len(res)))
+
     def get(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Stored rows (path, meta, vectors) of ``ids`` that exist, by id."""
+        """Stored rows (path, meta, vectors) of the ``ids`` that exist, by id."""
+        fields = ["path", "meta", "dense" if self.has_dense else "sparse"]
         out: dict[int, dict[str, Any]] = {}
         for chunk in _chunks([int(i) for i in ids], _WRITE_BATCH):
-            fields = (
-                ["path", "meta"]
-                + (["dense"] if self.has_dense else [])
-                + (["sparse"] if self.has_sparse else [])
-            )
             for r in self._call("get", self.collection, ids=chunk, output_fields=fields):
                 out[int(r["id"])] = dict(r)
         return out
 
     def drop(self) -> None:
         """Delete the whole collection (irreversible)."""
-        self._client.drop_collection(self.collection)
+        self._call("drop_collection", self.collection)
 
     def close(self) -> None:
         """Close the client connection (the collection stays)."""
@@ -563,6 +639,21 @@ def _chunks(seq: list[int], size: int) -> Iterator[list[int]]:
         yield seq[a : a + size]
 
 
+class _DropUnimplementedProbe(logging.Filter):
+    """Milvus Lite does not implement the timestamp probe pymilvus sends on connect; the
+    in-process gRPC server logs that as an error with a traceback. Drop exactly that record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, NotImplementedError) and "Method not implemented" in str(exc))
+
+
+def _quiet_lite_probe() -> None:
+    log = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _DropUnimplementedProbe) for f in log.filters):
+        log.addFilter(_DropUnimplementedProbe())
+
+
 def _connect(target: MilvusTarget) -> Any:
     try:
         from pymilvus import MilvusClient
@@ -570,6 +661,7 @@ def _connect(target: MilvusTarget) -> Any:
         raise LexlensError("the Milvus backend needs pymilvus: pip install 'lexlens[scale]'") from e
     try:
         if target.lite:
+            _quiet_lite_probe()
             Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
             return MilvusClient(uri=target.uri)
         token = os.environ.get(TOKEN_ENV, "")
