@@ -50,7 +50,12 @@ __all__ = [
 OptionValue = bool | int | float | str
 
 #: modules that register the built-in kinds when imported (optional ones may be absent)
-_BUILTIN_KIND_MODULES = ("lexlens.index.dense", "lexlens.index.sparse", "lexlens.index.hybrid")
+_BUILTIN_KIND_MODULES = (
+    "lexlens.index.dense",
+    "lexlens.index.sparse",
+    "lexlens.index.hybrid",
+    "lexlens.scale.milvus",
+)
 
 
 def ensure_builtin_kinds() -> None:
