@@ -52,6 +52,10 @@ def test_same_recalls_as_clip_benchmark(seed):
     ours_t = M.t2i_recall(scores, t2i, ks)
     ours_i = M.i2t_recall(scores.T, t2i, ks)
     for k in ks:
-        assert ours_t[f"R@{k}"] == pytest.approx(100 * theirs[f"image_retrieval_recall@{k}"], abs=1e-4)
-        assert ours_i[f"R@{k}"] == pytest.approx(100 * theirs[f"text_retrieval_recall@{k}"], abs=1e-4)
+        assert ours_t[f"R@{k}"] == pytest.approx(
+            100 * theirs[f"image_retrieval_recall@{k}"], abs=1e-4
+        )
+        assert ours_i[f"R@{k}"] == pytest.approx(
+            100 * theirs[f"text_retrieval_recall@{k}"], abs=1e-4
+        )
     assert 0 < ours_t["R@1"] < 100

@@ -112,7 +112,9 @@ def test_ann_recall_against_set_loop():
     approx = exact.copy()
     approx[:, 7:] = 100 + np.arange(3)  # 3 of 10 wrong everywhere
     approx[5, :] = -1  # nothing found for one query
-    expected = np.mean([len(set(a[a >= 0]) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    expected = np.mean(
+        [len(set(a[a >= 0]) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)]
+    )
     assert M.ann_recall_at_k(approx, exact, 10) == pytest.approx(100 * expected)
     assert M.ann_recall_at_k(exact, exact, 10) == 100.0
     # exact lists shorter than k (padded with -1) use the ids they have
@@ -186,7 +188,9 @@ def test_ceiling_matches_brute_force_on_hand_built_example():
 def test_ceiling_matches_brute_force_random(seed):
     rng = np.random.default_rng(seed)
     n_images = int(rng.integers(1, 4))
-    t2i = np.concatenate([np.arange(n_images), rng.integers(0, n_images, size=int(rng.integers(0, 3)))])
+    t2i = np.concatenate(
+        [np.arange(n_images), rng.integers(0, n_images, size=int(rng.integers(0, 3)))]
+    )
     fits = rng.random((len(t2i), n_images)) < 0.4
     exp_t, exp_i = brute_force_ceiling(fits, t2i, (1, 2, 3))
     assert M.ceiling_t2i(fits, t2i, (1, 2, 3)) == pytest.approx(exp_t)

@@ -46,7 +46,8 @@ def _as_sim(sim: np.ndarray) -> np.ndarray:
     s = np.asarray(sim)
     if s.ndim != 2:
         raise ValueError(f"a similarity matrix must be 2-D, got shape {s.shape}")
-    s = s.astype(np.float64, copy=False)
+    if s.dtype.kind != "f":
+        s = s.astype(np.float64)
     if np.isnan(s).any():
         s = np.where(np.isnan(s), -np.inf, s)
     return s
@@ -80,13 +81,13 @@ def invert_mapping(text_to_image: Sequence[int] | np.ndarray, n_images: int) -> 
 def _image_to_texts(
     image_to_texts: Sequence[Sequence[int]] | np.ndarray, n_images: int, n_texts: int
 ) -> list[np.ndarray]:
-    if isinstance(image_to_texts, np.ndarray) and image_to_texts.ndim == 1 and (
-        image_to_texts.dtype.kind in "iu"
+    if (
+        isinstance(image_to_texts, np.ndarray)
+        and image_to_texts.ndim == 1
+        and (image_to_texts.dtype.kind in "iu")
     ):
         if len(image_to_texts) != n_texts:
-            raise ValueError(
-                f"text_to_image has {len(image_to_texts)} entries for {n_texts} texts"
-            )
+            raise ValueError(f"text_to_image has {len(image_to_texts)} entries for {n_texts} texts")
         return invert_mapping(image_to_texts, n_images)
     lists = [np.asarray(t, dtype=np.int64).reshape(-1) for t in image_to_texts]
     if len(lists) != n_images:
@@ -169,7 +170,9 @@ def median_rank(ranks: np.ndarray) -> float:
     return float(np.median(np.asarray(ranks, dtype=np.float64)))
 
 
-def rsum(t2i: Mapping[str, float], i2t: Mapping[str, float], ks: Iterable[int] = (1, 5, 10)) -> float:
+def rsum(
+    t2i: Mapping[str, float], i2t: Mapping[str, float], ks: Iterable[int] = (1, 5, 10)
+) -> float:
     """rSum: the sum of ``R@K`` over both directions and ``ks`` (percent points)."""
     return float(sum(t2i[f"R@{k}"] + i2t[f"R@{k}"] for k in ks))
 
