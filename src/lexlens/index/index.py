@@ -245,6 +245,7 @@ class Index:
         workers: int | None = None,
         batch_size: int = 256,
         encode_with: EncodeFn | None = None,
+        backend: str | None = None,
     ) -> Index:
         """Encode ``source`` with ``model`` into a new index at ``out``.
 
@@ -253,6 +254,8 @@ class Index:
         build resumes when run again with the same arguments (encoded batches are kept).
         ``encode_with(todo, want_sparse)`` replaces the local encoding (e.g. Ray); it returns
         :class:`~lexlens.index.ingest.EncodedBatch` objects in any order.
+        ``backend="milvus://PATH_OR_URI"`` keeps the searchable structure in Milvus
+        (:mod:`lexlens.scale.milvus`; the spec becomes ``milvus(SPEC)``).
         """
         out = Path(out)
         store = IndexDir(out)
@@ -269,7 +272,12 @@ class Index:
                 f"index {parsed} needs a lexical model; {encoder.name} has no lexical output"
             )
         vocab_size = len(encoder.vocab) if needs_sparse else 0
-        create_kind(parsed, KindContext(dim=encoder.dim, vocab_size=vocab_size))  # validate early
+        if backend is not None:  # an external engine holds the structure (lexlens.scale)
+            from lexlens.scale.milvus import wrap_spec
+
+            parsed = wrap_spec(parsed)
+        else:
+            create_kind(parsed, KindContext(dim=encoder.dim, vocab_size=vocab_size))  # validate
         if store.exists():
             man = store.read_manifest()
             if (man.model, man.spec, man.items) != (encoder.name, str(parsed), items):
@@ -282,14 +290,19 @@ class Index:
         ):
             raise UsageError(f"{out} exists and is not an index; choose an empty or new directory")
         else:
-            cls._create_empty(store, encoder, parsed, items, needs_sparse)
+            cls._create_empty(store, encoder, parsed, items, needs_sparse, backend)
         index = cls(out, _load_state(store), encoder)
         index._add_items(todo, progress, workers, batch_size, encode_with)
         return index
 
     @staticmethod
     def _create_empty(
-        store: IndexDir, encoder: Encoder, spec: IndexSpec, items: str, sparse: bool
+        store: IndexDir,
+        encoder: Encoder,
+        spec: IndexSpec,
+        items: str,
+        sparse: bool,
+        backend: str | None = None,
     ) -> None:
         from lexlens import __version__
 
@@ -323,7 +336,12 @@ class Index:
                 (w.dir / "vocab.json").write_text(json.dumps(list(encoder.vocab)))
             MetaDB(w.dir / META, writable=True).commit()
             (w.dir / "kind").mkdir()
-            create_kind(spec, ctx).save(w.dir / "kind")
+            if backend is not None:
+                from lexlens.scale.milvus import backend_kind
+
+                backend_kind(backend, spec, ctx, store.root).save(w.dir / "kind")
+            else:
+                create_kind(spec, ctx).save(w.dir / "kind")
             w.publish(man)
 
     # ----------------------------------------------------------------------------- add
@@ -420,7 +438,7 @@ class Index:
                 if isinstance(x, int | np.integer) and not isinstance(x, bool):
                     ids.add(int(x))
                 else:
-                    paths.append(str(Path(x).resolve()))
+                    paths.append(os.path.abspath(os.fspath(x)))
             for found in st.meta.ids_by_path(paths).values():
                 ids.update(found)
             if missing:
@@ -673,10 +691,16 @@ def _write_generation(
         kind.remove(remove)
     if len(records):
         needs_dense, needs_sparse = spec_needs(st.spec)
-        kind.add(
-            new_ids,
-            Vectors(dense=dense if needs_dense else None, sparse=sparse if needs_sparse else None),
+        vecs = Vectors(
+            dense=dense if needs_dense else None, sparse=sparse if needs_sparse else None
         )
+        if getattr(kind, "accepts_where", False):  # keeps item records to filter itself (Milvus)
+            kind.add(new_ids, vecs, records=records)
+        else:
+            kind.add(new_ids, vecs)
+    relabelled = [i for i, *_ in plan.stat_updates] + [i for i, *_ in plan.label_updates]
+    if relabelled and getattr(kind, "accepts_where", False):
+        kind.update_records(list(MetaDB(w.dir / META).rows(relabelled).values()))
     (w.dir / "kind").mkdir()
     kind.save(w.dir / "kind")
     nxt = Manifest(**{**man.__dict__})

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +79,9 @@ class EncodedBatch:
 
 
 # ----------------------------------------------------------------------------- sources
-def _abs(p: str | os.PathLike[str], base: Path | None = None) -> str:
-    path = Path(p)
-    if base is not None and not path.is_absolute():
-        path = base / path
-    return str(path.resolve())
+def _abs(p: str | os.PathLike[str]) -> str:
+    """An absolute, normalised path (symlinks kept: the path is the item's identity)."""
+    return os.path.abspath(os.fspath(p))
 
 
 def _from_dataset(ds: Any, items: str) -> list[SourceItem]:
@@ -224,7 +222,9 @@ def _decoded(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    # fork (like torch's DataLoader): the workers only decode with PIL and numpy, and unlike
+    # spawn/forkserver it does not re-run the caller's script (no __main__ guard needed)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(fn, paths, chunksize=16)
 
@@ -363,7 +363,10 @@ class Checkpoints:
             n += 1
         base = self.dir / f"batch-{n:06d}"
         arrays: dict[str, np.ndarray] = {"dense": np.asarray(batch.dense, np.float32)}
-        meta: dict[str, Any] = {"model": self.model, "records": [asdict(r) for r in batch.records]}
+        meta: dict[str, Any] = {
+            "model": self.model,
+            "records": [dict(r.__dict__) for r in batch.records],
+        }
         if batch.sparse is not None:
             arrays.update(
                 sp_indptr=batch.sparse.indptr,
