@@ -247,19 +247,12 @@ def search_index(
     vecs = encode_queries(index, queries)
     allowed = None
     conds = parse_where(where)
-    if conds:
+    # a kind that filters itself (the Milvus backend) gets the conditions instead of an id set
+    pushdown = {"where": conds} if conds and getattr(state.kind, "accepts_where", False) else {}
+    if conds and not pushdown:
         sql, sql_params = where_sql(conds)
         allowed = state.meta.select_ids(sql, sql_params)
-    total = state.kind.ntotal
-    fetch = min(k, total) if allowed is None else min(total, 4 * k)
-    while True:
-        s, i = state.kind.search(vecs, max(fetch, 1), params)
-        ok = _keep(i, s, allowed, min_score)
-        s, i = sort_results(np.where(ok, s, -np.inf), np.where(ok, i, -1), k)
-        enough = (i >= 0).sum(axis=1) >= min(k, total if allowed is None else len(allowed))
-        if fetch >= total or enough.all() or allowed is None:
-            break
-        fetch = min(total, fetch * 4)
+    s, i = _top(state, vecs, k, params, allowed, min_score, pushdown)
     rows = state.meta.rows(np.unique(i[i >= 0]))
     explainer = _explainer() if explain and state.sparse is not None else None
     hits: list[list[Hit]] = []
@@ -286,6 +279,47 @@ def search_index(
             row_hits.append(h)
         hits.append(row_hits)
     return SearchResults(s, i, hits, [q.describe() for q in queries])
+
+
+#: a filter passing at most max(PREFILTER_MIN, n / PREFILTER_SHARE) items is answered exactly
+PREFILTER_MIN = 2048
+PREFILTER_SHARE = 16
+
+
+def _top(
+    state: Any,
+    vecs: Vectors,
+    k: int,
+    params: SearchParams | None,
+    allowed: np.ndarray | None,
+    min_score: float | None,
+    pushdown: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` that pass the filter and the cut-off.
+
+    A selective filter on a dense index is answered by an exact scan of the allowed items'
+    stored vectors; otherwise the kind is asked for 4x, 16x, ... candidates until ``k`` pass
+    or the index is exhausted.
+    """
+    from lexlens.index.dense import exact_search
+    from lexlens.index.spec import spec_needs
+
+    total = state.kind.ntotal
+    small = allowed is not None and len(allowed) <= max(PREFILTER_MIN, total // PREFILTER_SHARE)
+    if small and state.dense is not None and spec_needs(state.spec) == (True, False):
+        x = np.asarray(state.dense[state.slots(allowed)], np.float32)
+        s, i = exact_search(np.asarray(vecs.dense, np.float32), x, allowed, k)
+        ok = _keep(i, s, None, min_score)
+        return sort_results(np.where(ok, s, -np.inf), np.where(ok, i, -1), k)
+    fetch = min(k, total) if allowed is None else min(total, 4 * k)
+    while True:
+        s, i = state.kind.search(vecs, max(fetch, 1), params, **pushdown)
+        ok = _keep(i, s, allowed, min_score)
+        s, i = sort_results(np.where(ok, s, -np.inf), np.where(ok, i, -1), k)
+        enough = (i >= 0).sum(axis=1) >= min(k, total if allowed is None else len(allowed))
+        if fetch >= total or enough.all() or allowed is None:
+            return s, i
+        fetch = min(total, fetch * 4)
 
 
 def _explainer() -> Any:

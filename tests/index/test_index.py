@@ -119,7 +119,15 @@ def test_image_plus_text_is_the_documented_fusion(collection):
     ],
 )
 @pytest.mark.parametrize("min_score", [None, 0.9])
-def test_filters_and_min_score_match_naive_filtering(collection, where, keep, min_score):
+@pytest.mark.parametrize("route", ["exact-prefilter", "over-fetch"])
+def test_filters_and_min_score_match_naive_filtering(
+    collection, where, keep, min_score, route, monkeypatch
+):
+    import lexlens.search
+
+    if route == "over-fetch":  # never take the exact path for selective filters
+        monkeypatch.setattr(lexlens.search, "PREFILTER_MIN", 0)
+        monkeypatch.setattr(lexlens.search, "PREFILTER_SHARE", 10**9)
     root, records, items, enc, idx, vecs = collection
     q = enc.encode_texts(["red"])
     allowed = {i for i, r in enumerate(records) if keep(r)}
@@ -360,3 +368,26 @@ def test_other_kinds_through_the_index(tmp_path, spec):
     res = again.search(Query(embedding=x[0]), k=10, params=SearchParams(ef_search=64, nprobe=4))
     truth = _brute(x[0], ids, x, 10)
     assert len(set(res.ids[0].tolist()) & {i for i, _ in truth[0]}) >= 9
+
+
+@pytest.mark.parametrize("route", ["exact-prefilter", "over-fetch"])
+def test_filters_on_an_approximate_kind_still_fill_k(tmp_path, route, monkeypatch):
+    import lexlens.search
+
+    if route == "over-fetch":
+        monkeypatch.setattr(lexlens.search, "PREFILTER_MIN", 0)
+        monkeypatch.setattr(lexlens.search, "PREFILTER_SHARE", 10**9)
+    src = tmp_path / "src"
+    records = write_collection(src, 90)
+    idx = Index.build(
+        _items(src, records),
+        FakeEncoder(),
+        tmp_path / "idx",
+        spec="hnsw8",
+        progress=False,
+        workers=0,
+    )
+    reds = {i for i, r in enumerate(records) if r["color"] == "red" and r["n"] == 0}
+    res = idx.search(Query(text="blue"), k=10, where="color=red AND n=0")
+    got = [int(i) for i in res.ids[0] if i >= 0]
+    assert len(got) == min(10, len(reds)) and set(got) <= reds

@@ -91,6 +91,10 @@ class IndexKind(abc.ABC):
     takes_children: ClassVar[bool] = False
     #: spec grammar: names of the encoding component that must follow (e.g. ivf -> flat/pq/sq)
     encodings: ClassVar[tuple[str, ...]] = ()
+    #: the kind filters by metadata itself: ``search(..., where=[Condition, ...])`` is called
+    #: with the parsed ``--where`` conditions (lexlens.index.filters) instead of the engine
+    #: filtering candidates by id
+    accepts_where: ClassVar[bool] = False
 
     @classmethod
     def from_spec(cls, spec: IndexSpec, ctx: KindContext) -> IndexKind:
