@@ -1,0 +1,760 @@
+"""``lexlens bench search``: build time, size, latency, throughput and recall of index kinds.
+
+For each collection size ``N`` and each index spec, one run builds an in-memory index over
+``N`` gallery vectors and measures:
+
+* ``build_s``: wall time of creating the structure and adding the ``N`` items (training included);
+* ``disk_bytes``: the bytes its :meth:`~lexlens.index.base.IndexKind.save` writes;
+* ``memory_bytes``: the kind's own account of its resident size (``memory_bytes()``) and
+  ``rss_delta_bytes``: growth of the process's resident set during the build (noisy);
+* ``p50_ms`` / ``p95_ms`` / ``p99_ms``: single-query latency, one query at a time;
+* ``qps``: queries per second when all queries are searched in one batch;
+* ``recall@10``: the share of the exact top 10 it returns (:mod:`lexlens.eval.exact`: flat
+  brute force on the same dense vectors, the exact sparse dot product, or the composite with
+  exact children).
+
+**Gallery vectors.** The model encodes real scene images (``--data`` or freshly generated
+scenes) up to ``--encode`` of them. Larger ``N`` are filled with synthetic vectors of the same
+statistics, and the report says how many of each: a dense synthetic vector is a random encoded
+vector plus isotropic Gaussian noise, renormalised (the noise scale is a fraction of the
+typical distance between an encoded vector and its nearest encoded neighbour, so clusters stay
+clusters); a sparse synthetic row takes the support and weights of a random encoded row, drops
+each term with a small probability, multiplies each weight by log-normal noise and adds a few
+terms drawn by document frequency. Dense and sparse parts of one synthetic item come from the
+same encoded item. Queries are encoded captions.
+
+**Bounded.** Before any work, the peak memory of every ``(N, kind)`` run is estimated and the
+command fails with one line if one does not fit ``max_memory`` (default: 80% of the available
+RAM). Nothing runs in the background; runs are sequential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lexlens.errors import UsageError
+from lexlens.index.base import KindContext, SearchParams, Vectors
+from lexlens.index.spec import IndexSpec, create_kind, parse_spec, spec_needs
+from lexlens.models.base import SparseBatch, l2_normalize
+
+__all__ = [
+    "BenchSearchConfig",
+    "Gallery",
+    "split_kinds",
+    "estimate_index_bytes",
+    "estimate_run_bytes",
+    "available_memory",
+    "synthesize_dense",
+    "synthesize_sparse",
+    "bench_search",
+    "bench_kind",
+    "markdown_table",
+    "plot",
+]
+
+
+@dataclass
+class BenchSearchConfig:
+    """Arguments of ``lexlens bench search`` (see module docstring)."""
+
+    model: str
+    sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000])
+    kinds: list[str] = field(default_factory=lambda: ["flat", "hnsw32"])
+    queries: int = 200
+    k: int = 10
+    data: str | None = None
+    encode: int = 20000
+    out: str | None = None
+    max_memory: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    progress: bool = True
+
+
+@dataclass
+class Gallery:
+    """Encoded items and queries (dense and, for lexical models, sparse) and how they were made."""
+
+    dense: np.ndarray
+    sparse: SparseBatch | None
+    query_dense: np.ndarray
+    query_sparse: SparseBatch | None
+    source: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.dense.shape[1])
+
+    def avg_nnz(self) -> float:
+        """Mean number of non-zero weights per sparse item (0 without sparse vectors)."""
+        if self.sparse is None or len(self.sparse) == 0:
+            return 0.0
+        return float(self.sparse.indptr[-1]) / len(self.sparse)
+
+
+# ----------------------------------------------------------------------------- kind lists
+def split_kinds(text: str) -> list[str]:
+    """Split ``--kinds``: ``;`` separates specs; else commas at the top level, where a kind that
+    needs an encoding (``ivf1024``) takes the next item as its encoding (``ivf1024,pq32``)."""
+    from lexlens.index.spec import known_kinds
+
+    parts = _split_top(text, ";") if ";" in _top_level(text) else _split_top(text, ",")
+    kinds = known_kinds()
+    out: list[str] = []
+    i = 0
+    while i < len(parts):
+        item = parts[i].strip()
+        head = item.split("(")[0].rstrip("0123456789").strip().lower()
+        cls = kinds.get(head)
+        if cls is not None and cls.encodings and "," not in item and i + 1 < len(parts):
+            item = f"{item},{parts[i + 1].strip()}"
+            i += 1
+        if item:
+            out.append(str(parse_spec(item)))
+        i += 1
+    if not out:
+        raise UsageError("--kinds names no index kind")
+    return out
+
+
+def _top_level(text: str) -> str:
+    depth, keep = 0, []
+    for ch in text:
+        depth += ch == "("
+        if depth == 0:
+            keep.append(ch)
+        depth -= ch == ")"
+    return "".join(keep)
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in parts if p.strip()]
+
+
+# ----------------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Available RAM in bytes (``MemAvailable``; falls back to total physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def estimate_index_bytes(spec: IndexSpec, n: int, dim: int, nnz: float) -> int:
+    """Rough resident size of an index of ``spec`` over ``n`` items (for the up-front check).
+
+    Known kinds by exact name; an unknown kind is assumed to hold two copies of the raw vectors.
+    """
+    raw_dense = dim * 4
+    raw_sparse = nnz * 8
+    if spec.children:
+        return sum(estimate_index_bytes(c, n, dim, nnz) for c in spec.children) + 16 * n
+    kind = spec.kind
+    per: float
+    if kind == "flat":
+        per = raw_dense + 8
+    elif kind == "hnsw":
+        per = (raw_dense + 2 * (spec.number or 32) * 4) * 1.2 + 8
+    elif kind in ("pq", "ivf", "sq"):
+        enc = spec.encoding if kind == "ivf" else spec
+        per = raw_dense + 8  # exact side buffer until trained; then codes (smaller)
+        if enc is not None and enc.kind == "pq":
+            per = (enc.number or max(1, dim // 4)) + 16
+        elif enc is not None and enc.kind == "sq":
+            per = dim * (enc.number or 8) / 8 + 16
+        # the training sample and centroids
+        return int(n * per + min(n, 65536) * raw_dense + (spec.number or 0) * raw_dense)
+    elif kind == "sparse":
+        per = 2 * raw_sparse + 16
+    else:
+        per = 2 * (raw_dense + raw_sparse) + 16
+    return int(n * per)
+
+
+def estimate_run_bytes(spec: IndexSpec, n: int, dim: int, nnz: float, n_queries: int) -> int:
+    """Peak bytes of one run: the gallery, the index (with build slack), exact-search scratch."""
+    dense, sparse = spec_needs(spec)
+    gallery = n * dim * 4 + (n * nnz * 8 * 2 if sparse else 0)  # sparse: CSR + one transposed copy
+    scratch = n_queries * min(n, 65536) * 4 * 3
+    return int(gallery + 1.5 * estimate_index_bytes(spec, n, dim, nnz) + scratch + (64 << 20))
+
+
+# ----------------------------------------------------------------------------- synthesis
+def _nn_distance(x: np.ndarray, rng: np.random.Generator, sample: int = 512) -> float:
+    """Median distance from a sample of rows to their nearest other row."""
+    if len(x) < 2:
+        return 0.1
+    idx = rng.choice(len(x), size=min(sample, len(x)), replace=False)
+    best = np.full(len(idx), np.inf)
+    for a in range(0, len(x), 8192):
+        block = x[a : a + 8192]
+        d2 = (x[idx] ** 2).sum(1)[:, None] + (block**2).sum(1)[None, :] - 2 * x[idx] @ block.T
+        self_mask = np.arange(a, a + len(block))[None, :] == idx[:, None]
+        d2[self_mask] = np.inf
+        best = np.minimum(best, d2.min(axis=1))
+    return float(np.sqrt(np.maximum(np.median(best), 0.0)))
+
+
+def synthesize_dense(
+    base: np.ndarray, n: int, rng: np.random.Generator, parents: np.ndarray, noise: float = 0.5
+) -> tuple[np.ndarray, float]:
+    """``n`` synthetic rows: ``normalise(base[parent] + sigma * N(0, I))`` (see module docstring).
+
+    ``sigma = noise * (median nearest-neighbour distance) / sqrt(dim)``: a synthetic vector
+    lands about ``noise`` times the typical neighbour distance away from its parent.
+    Returns the rows and ``sigma``.
+    """
+    dim = base.shape[1]
+    sigma = noise * _nn_distance(base, rng) / np.sqrt(dim)
+    out = np.empty((n, dim), np.float32)
+    for a in range(0, n, 65536):
+        p = parents[a : a + 65536]
+        out[a : a + len(p)] = l2_normalize(
+            base[p] + rng.standard_normal((len(p), dim)).astype(np.float32) * sigma
+        )
+    return out, float(sigma)
+
+
+def synthesize_sparse(
+    base: SparseBatch,
+    n: int,
+    rng: np.random.Generator,
+    parents: np.ndarray,
+    drop: float = 0.1,
+    jitter: float = 0.1,
+    extra: float = 1.0,
+) -> SparseBatch:
+    """``n`` synthetic sparse rows resampled from ``base`` rows ``parents`` (see module docstring).
+
+    Each term of the parent is kept with probability ``1 - drop``, its weight multiplied by
+    ``exp(N(0, jitter^2))``; a Poisson(``extra``) number of terms is added, drawn by document
+    frequency, with weights drawn from all encoded weights.
+    """
+    lengths = np.diff(base.indptr)
+    df = np.bincount(base.indices, minlength=base.vocab_size).astype(np.float64)
+    df_p = df / df.sum() if df.sum() > 0 else np.full(base.vocab_size, 1.0 / base.vocab_size)
+    all_w = base.values if len(base.values) else np.ones(1, np.float32)
+    rows_idx: list[np.ndarray] = []
+    rows_val: list[np.ndarray] = []
+    indptr = np.zeros(n + 1, np.int64)
+    for a in range(0, n, 65536):
+        p = parents[a : a + 65536]
+        m = len(p)
+        starts = base.indptr[p]
+        lens = lengths[p]
+        # gather the parents' terms
+        rep = np.repeat(np.arange(m), lens)
+        pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = np.repeat(starts, lens) + pos
+        idx = base.indices[src].astype(np.int64)
+        val = base.values[src] * np.exp(rng.normal(0, jitter, len(src))).astype(np.float32)
+        keep = rng.random(len(src)) >= drop
+        rep, idx, val = rep[keep], idx[keep], val[keep]
+        n_extra = rng.poisson(extra, m)
+        e_rep = np.repeat(np.arange(m), n_extra)
+        e_idx = rng.choice(base.vocab_size, size=len(e_rep), p=df_p)
+        e_val = rng.choice(all_w, size=len(e_rep))
+        rep = np.concatenate([rep, e_rep])
+        idx = np.concatenate([idx, e_idx])
+        val = np.concatenate([val, e_val]).astype(np.float32)
+        # sort by (row, term) and merge duplicate terms (keep the larger weight)
+        order = np.lexsort((-val, idx, rep))
+        rep, idx, val = rep[order], idx[order], val[order]
+        first = np.ones(len(rep), bool)
+        first[1:] = (rep[1:] != rep[:-1]) | (idx[1:] != idx[:-1])
+        rep, idx, val = rep[first], idx[first], val[first]
+        counts = np.bincount(rep, minlength=m)
+        indptr[a + 1 : a + m + 1] = indptr[a] + np.cumsum(counts)
+        rows_idx.append(idx.astype(np.int32))
+        rows_val.append(val)
+    return SparseBatch(
+        indptr=indptr,
+        indices=np.concatenate(rows_idx) if rows_idx else np.zeros(0, np.int32),
+        values=np.concatenate(rows_val) if rows_val else np.zeros(0, np.float32),
+        vocab_size=base.vocab_size,
+        vocab=base.vocab,
+    )
+
+
+def _take_sparse(batch: SparseBatch, rows: np.ndarray) -> SparseBatch:
+    lengths = np.diff(batch.indptr)[rows]
+    starts = batch.indptr[rows]
+    pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src = np.repeat(starts, lengths) + pos
+    return SparseBatch(
+        indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        indices=batch.indices[src],
+        values=batch.values[src],
+        vocab_size=batch.vocab_size,
+        vocab=batch.vocab,
+    )
+
+
+def gallery_of_size(
+    g: Gallery, n: int, seed: int, need_sparse: bool
+) -> tuple[Vectors, dict[str, Any]]:
+    """The first ``n`` gallery items: encoded ones first, then synthetic ones (deterministic)."""
+    n_enc = len(g.dense)
+    take = min(n, n_enc)
+    dense = g.dense[:take]
+    sparse = _take_sparse(g.sparse, np.arange(take)) if (need_sparse and g.sparse) else None
+    info: dict[str, Any] = {"encoded": take, "synthetic": max(0, n - n_enc)}
+    if n > n_enc:
+        rng = np.random.default_rng(seed)
+        parents = rng.integers(0, n_enc, size=n - n_enc)
+        syn, sigma = synthesize_dense(g.dense, n - n_enc, rng, parents)
+        dense = np.concatenate([dense, syn])
+        info["dense_noise_sigma"] = sigma
+        if need_sparse and g.sparse is not None:
+            syn_s = synthesize_sparse(g.sparse, n - n_enc, np.random.default_rng(seed + 1), parents)
+            sparse = SparseBatch.concat([sparse, syn_s]) if sparse is not None else syn_s
+    return Vectors(dense=dense, sparse=sparse), info
+
+
+# ----------------------------------------------------------------------------- one run
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_kind(
+    spec: IndexSpec,
+    items: Vectors,
+    queries: Vectors,
+    exact_ids: np.ndarray,
+    ctx: KindContext,
+    k: int = 10,
+    workdir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Measure one index kind over ``items`` (see module docstring); ``exact_ids`` from exact search."""
+    from lexlens.eval.metrics import ann_recall_at_k
+    from lexlens.progress import progress_bar
+
+    n = len(items)
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    kind = create_kind(spec, ctx)
+    step = 65536
+    with progress_bar(total=n, desc=f"build {spec}", unit="item", enabled=progress) as bar:
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            part = Vectors(
+                dense=None if items.dense is None else items.dense[a:b],
+                sparse=None
+                if items.sparse is None
+                else _take_sparse(items.sparse, np.arange(a, b)),
+            )
+            kind.add(np.arange(a, b, dtype=np.int64), part)
+            bar.update(b - a)
+    build_s = time.perf_counter() - t0
+    rss_delta = max(0, _rss_bytes() - rss0)
+
+    tmp = Path(tempfile.mkdtemp(prefix="lexlens-bench-", dir=workdir))
+    try:
+        kind.save(tmp)
+        disk = _dir_bytes(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    nq = len(queries)
+    params = SearchParams()
+
+    def one(i: int) -> Vectors:
+        return Vectors(
+            dense=None if queries.dense is None else queries.dense[i : i + 1],
+            sparse=None if queries.sparse is None else _take_sparse(queries.sparse, np.array([i])),
+        )
+
+    singles = [one(i) for i in range(nq)]
+    for q in singles[: min(5, nq)]:  # warm-up
+        kind.search(q, k, params)
+    lat = np.empty(nq)
+    for i, q in enumerate(singles):
+        t = time.perf_counter()
+        kind.search(q, k, params)
+        lat[i] = time.perf_counter() - t
+    t = time.perf_counter()
+    _, ids = kind.search(queries, k, params)
+    batch_s = time.perf_counter() - t
+    return {
+        "kind": str(spec),
+        "n": n,
+        # False: fewer items than the kind trains on, so they sit in its exact side buffer
+        "trained": bool(getattr(kind, "trained", True)),
+        "build_s": build_s,
+        "disk_bytes": int(disk),
+        "memory_bytes": int(kind.memory_bytes()),
+        "rss_delta_bytes": int(rss_delta),
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p95_ms": float(np.percentile(lat, 95) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "qps": float(nq / batch_s) if batch_s > 0 else float("inf"),
+        f"recall@{k}": ann_recall_at_k(ids, exact_ids, k),
+    }
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def check_memory(
+    specs: Sequence[IndexSpec],
+    sizes: Sequence[int],
+    dim: int,
+    nnz: float,
+    n_queries: int,
+    limit: int,
+) -> None:
+    """Raise a one-line :class:`UsageError` naming the first ``(N, kind)`` whose estimate exceeds ``limit``."""
+    for n in sizes:
+        for spec in specs:
+            need = estimate_run_bytes(spec, n, dim, nnz, n_queries)
+            if need > limit:
+                raise UsageError(
+                    f"N={n:,} {spec}: needs about {need / 2**30:.1f} GiB, more than the "
+                    f"{limit / 2**30:.1f} GiB allowed (--max-memory); use smaller --sizes"
+                )
+
+
+def bench_search(
+    cfg: BenchSearchConfig,
+    gallery: Gallery | None = None,
+    encoder: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"rows": [...], "meta": {...}}`` and writes ``cfg.out`` files.
+
+    ``gallery`` (already encoded vectors) skips encoding; else ``encoder`` (or ``cfg.model``)
+    encodes ``cfg.data`` or generated scenes (:func:`encode_gallery`).
+    """
+    from lexlens.eval.exact import exact_search
+
+    sizes = sorted({int(s) for s in cfg.sizes})
+    if not sizes or sizes[0] <= 0:
+        raise UsageError(f"--sizes must be positive integers, got {cfg.sizes}")
+    if cfg.queries <= 0 or cfg.k <= 0:
+        raise UsageError("--queries and k must be positive")
+    specs = [parse_spec(s) for s in cfg.kinds]
+    if not specs:
+        raise UsageError("no index kinds to benchmark")
+    any_sparse = any(spec_needs(s)[1] for s in specs)
+    limit = int(cfg.max_memory) if cfg.max_memory else int(0.8 * available_memory())
+    # a first check with a guessed sparse density, before anything is encoded
+    check_memory(specs, sizes, 512 if gallery is None else gallery.dim, 64.0, cfg.queries, limit)
+    if gallery is None:
+        if encoder is None:
+            from lexlens.models.registry import load_encoder
+
+            encoder = load_encoder(cfg.model)
+        if any_sparse and not encoder.has_lexical:
+            raise UsageError(f"{encoder.name} has no lexical output; drop the sparse/hybrid kinds")
+        gallery = encode_gallery(
+            encoder,
+            cfg.data,
+            min(cfg.encode, max(sizes)),
+            cfg.queries,
+            any_sparse,
+            cfg.seed,
+            cfg.batch_size,
+            cfg.progress,
+            cache_dir=cfg.out,
+        )
+    if any_sparse and gallery.sparse is None:
+        raise UsageError("the sparse/hybrid kinds need lexical vectors; the gallery has none")
+    check_memory(specs, sizes, gallery.dim, gallery.avg_nnz(), cfg.queries, limit)
+
+    queries = Vectors(
+        dense=gallery.query_dense[: cfg.queries],
+        sparse=None
+        if gallery.query_sparse is None
+        else _take_sparse(
+            gallery.query_sparse, np.arange(min(cfg.queries, len(gallery.query_sparse)))
+        ),
+    )
+    vocab = gallery.sparse.vocab_size if gallery.sparse is not None else 0
+    ctx = KindContext(dim=gallery.dim, vocab_size=vocab)
+    rows: list[dict[str, Any]] = []
+    sizes_info: dict[str, Any] = {}
+    workdir = Path(cfg.out) if cfg.out else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    for n in sizes:
+        items, info = gallery_of_size(gallery, n, cfg.seed + n, any_sparse)
+        sizes_info[str(n)] = info
+        exact_cache: dict[tuple[bool, bool, str], np.ndarray] = {}
+        for spec in specs:
+            dense, sparse = spec_needs(spec)
+            key = (dense, sparse, str(spec) if (dense and sparse) else "")
+            q = Vectors(
+                dense=queries.dense if dense else None, sparse=queries.sparse if sparse else None
+            )
+            it = Vectors(
+                dense=items.dense if dense else None, sparse=items.sparse if sparse else None
+            )
+            if key not in exact_cache:
+                exact_cache[key] = exact_search(spec, it, q, cfg.k, ctx)[1]
+            if log:
+                log(f"N={n:,} {spec} ...")
+            row = bench_kind(spec, it, q, exact_cache[key], ctx, cfg.k, workdir, cfg.progress)
+            row["encoded"], row["synthetic"] = info["encoded"], info["synthetic"]
+            rows.append(row)
+            if log:
+                log(_row_line(row, cfg.k))
+    meta = {
+        "model": cfg.model,
+        "dim": gallery.dim,
+        "vocab_size": vocab,
+        "avg_nnz": gallery.avg_nnz(),
+        "queries": len(queries),
+        "k": cfg.k,
+        "vectors": gallery.source,
+        "sizes": sizes_info,
+        "synthetic_method": (
+            "dense: random encoded vector + isotropic Gaussian noise (sigma = 0.5 x median "
+            "nearest-neighbour distance / sqrt(dim)), renormalised; sparse: a random encoded row "
+            "with each term kept with p=0.9, weights x exp(N(0, 0.1^2)), plus Poisson(1) extra "
+            "terms drawn by document frequency"
+        ),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "max_memory_bytes": limit,
+    }
+    result = {"rows": rows, "meta": meta}
+    if cfg.out:
+        write_outputs(result, Path(cfg.out))
+    return result
+
+
+def _row_line(row: dict[str, Any], k: int) -> str:
+    return (
+        f"  build {row['build_s']:.2f}s  {row['memory_bytes'] / 2**20:.1f} MiB  "
+        f"p50 {row['p50_ms']:.3f} ms  {row['qps']:.0f} q/s  recall@{k} {row[f'recall@{k}']:.1f}"
+    )
+
+
+# ----------------------------------------------------------------------------- gallery
+def encode_gallery(
+    encoder: Any,
+    data: str | None,
+    n_items: int,
+    n_queries: int,
+    lexical: bool,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache_dir: str | None = None,
+) -> Gallery:
+    """Encode up to ``n_items`` images of ``data`` (or of freshly generated scenes) and
+    ``n_queries`` of their captions. With ``cache_dir`` the vectors are kept in
+    ``cache_dir/vectors-*.npz`` and reused by later runs with the same arguments."""
+    cache = None
+    if cache_dir:
+        tag = f"{encoder.name}|{data}|{n_items}|{n_queries}|{lexical}|{seed}"
+        import hashlib
+
+        cache = Path(cache_dir) / f"vectors-{hashlib.sha1(tag.encode()).hexdigest()[:12]}.npz"
+        if cache.is_file():
+            return _load_gallery(cache)
+    images, captions, source = _gallery_source(data, n_items, seed, progress)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(captions), size=min(n_queries, len(captions)), replace=False)
+    texts = [captions[i] for i in pick]
+    dense = encoder.encode_images(images, batch_size=batch_size, progress=progress)
+    qd = encoder.encode_texts(texts, progress=progress)
+    sparse = qs = None
+    if lexical:
+        sparse = encoder.encode_images_lexical(images, batch_size=batch_size, progress=progress)
+        qs = encoder.encode_texts_lexical(texts, progress=progress)
+    g = Gallery(
+        dense,
+        sparse,
+        qd,
+        qs,
+        f"{len(images)} images of {source} encoded by {encoder.name}; "
+        f"queries: {len(texts)} of their captions",
+    )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _save_gallery(g, cache)
+    return g
+
+
+def _gallery_source(
+    data: str | None, n_items: int, seed: int, progress: bool
+) -> tuple[list[Any], list[str], str]:
+    from lexlens.data.readers import load_dataset
+
+    if data is None:
+        from lexlens.data import scenes
+
+        root = Path(tempfile.mkdtemp(prefix="lexlens-bench-scenes-"))
+        scenes.generate(root, n=n_items, seed=seed, split="test", progress=progress)
+        data, label = str(root), f"generated scenes (seed {seed})"
+    else:
+        label = str(data)
+    ds = load_dataset(data)
+    n = min(n_items, len(ds.images))
+    images = list(ds.images[:n])
+    captions = [c for caps in ds.captions[:n] for c in caps]
+    return images, captions, label
+
+
+def _save_gallery(g: Gallery, path: Path) -> None:
+    arrays: dict[str, Any] = {
+        "dense": g.dense,
+        "query_dense": g.query_dense,
+        "source": np.array(g.source),
+    }
+    for name, b in (("sparse", g.sparse), ("query_sparse", g.query_sparse)):
+        if b is not None:
+            arrays[f"{name}_indptr"] = b.indptr
+            arrays[f"{name}_indices"] = b.indices
+            arrays[f"{name}_values"] = b.values
+            arrays[f"{name}_vocab_size"] = np.array(b.vocab_size)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_gallery(path: Path) -> Gallery:
+    z = np.load(path)
+
+    def sb(name: str) -> SparseBatch | None:
+        if f"{name}_indptr" not in z:
+            return None
+        return SparseBatch(
+            z[f"{name}_indptr"],
+            z[f"{name}_indices"],
+            z[f"{name}_values"],
+            int(z[f"{name}_vocab_size"]),
+        )
+
+    return Gallery(
+        z["dense"],
+        sb("sparse"),
+        z["query_dense"],
+        sb("query_sparse"),
+        str(z["source"]) + " (cached)",
+    )
+
+
+# ----------------------------------------------------------------------------- outputs
+_COLUMNS = [
+    ("N", lambda r, k: f"{r['n']:,}"),
+    ("kind", lambda r, k: f"`{r['kind']}`" + ("" if r.get("trained", True) else " *")),
+    ("build s", lambda r, k: f"{r['build_s']:.2f}"),
+    ("disk MiB", lambda r, k: f"{r['disk_bytes'] / 2**20:.2f}"),
+    ("mem MiB", lambda r, k: f"{r['memory_bytes'] / 2**20:.2f}"),
+    ("p50 ms", lambda r, k: f"{r['p50_ms']:.3f}"),
+    ("p95 ms", lambda r, k: f"{r['p95_ms']:.3f}"),
+    ("p99 ms", lambda r, k: f"{r['p99_ms']:.3f}"),
+    ("batch q/s", lambda r, k: f"{r['qps']:,.0f}"),
+    ("recall@k", lambda r, k: f"{r[f'recall@{k}']:.1f}"),
+]
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The rows as a markdown table, with how the vectors were produced underneath."""
+    k = result["meta"]["k"]
+    head = [name.replace("@k", f"@{k}") for name, _ in _COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        lines.append("| " + " | ".join(f(r, k) for _, f in _COLUMNS) + " |")
+    meta = result["meta"]
+    lines.append("")
+    lines.append(f"Vectors: {meta['vectors']}.")
+    syn = {n: i for n, i in meta["sizes"].items() if i["synthetic"]}
+    if syn:
+        parts = ", ".join(
+            f"N={int(n):,}: {i['encoded']:,} encoded + {i['synthetic']:,} synthetic"
+            for n, i in syn.items()
+        )
+        lines.append(f"Synthetic vectors ({parts}): {meta['synthetic_method']}.")
+    if any(not r.get("trained", True) for r in result["rows"]):
+        lines.append(
+            "\\* not trained: fewer items than the kind trains on, so they are searched exactly."
+        )
+    lines.append(
+        f"{meta['queries']} queries; latency is one query at a time, q/s one batch of all queries; "
+        f"recall@{k} against exact search; {meta['machine']['cpus']} CPUs."
+    )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """PNG: single-query p50 latency and index memory against ``N``, one line per kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    kinds = list(dict.fromkeys(r["kind"] for r in result["rows"]))
+    for kind in kinds:
+        rows = sorted((r for r in result["rows"] if r["kind"] == kind), key=lambda r: r["n"])
+        ns = [r["n"] for r in rows]
+        ax1.plot(ns, [r["p50_ms"] for r in rows], marker="o", label=kind)
+        ax2.plot(ns, [max(r["memory_bytes"], 1) / 2**20 for r in rows], marker="o", label=kind)
+    for ax, title, unit in (
+        (ax1, "single-query latency (p50)", "ms"),
+        (ax2, "index memory", "MiB"),
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("collection size N")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"lexlens bench search: {result['meta']['model']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write ``bench_search.json``, ``bench_search.md`` and ``bench_search.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / "bench_search.json",
+        "markdown": out / "bench_search.md",
+        "plot": out / "bench_search.png",
+    }
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_table(result) + "\n")
+    plot(result, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
