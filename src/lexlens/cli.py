@@ -105,6 +105,10 @@ class IndexBuildArgs:
     workers: int | None = None
     batch_size: int = 256
     json: bool = False
+    ray: str | None = None  # encode on Ray: "local", "auto" or "ray://host:10001"
+    ray_workers: int = 2
+    shard_size: int = 1024
+    backend: str | None = None  # "milvus://PATH_OR_URI"
 
 
 @dataclass
@@ -114,6 +118,9 @@ class IndexAddArgs:
     workers: int | None = None
     batch_size: int = 256
     json: bool = False
+    ray: str | None = None
+    ray_workers: int = 2
+    shard_size: int = 1024
 
 
 @dataclass
@@ -157,9 +164,27 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_scale_options(b)
+    b.add_argument(
+        "--backend",
+        metavar="milvus://PATH_OR_URI",
+        help="keep the index structure in Milvus: milvus://./x.db (Milvus Lite file; "
+        "plain `milvus` = INDEX/milvus.db) or milvus://http://host:19530",
+    )
     b.set_defaults(
         _make=lambda ns: IndexBuildArgs(
-            ns.source, ns.model, ns.out, ns.spec, ns.items, ns.workers, ns.batch_size, ns.json
+            ns.source,
+            ns.model,
+            ns.out,
+            ns.spec,
+            ns.items,
+            ns.workers,
+            ns.batch_size,
+            ns.json,
+            ns.ray,
+            ns.ray_workers,
+            ns.shard_size,
+            ns.backend,
         ),
         _run=_run_index_build,
     )
@@ -170,8 +195,18 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--workers", type=int, help="image decoding processes")
     a.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
     a.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_scale_options(a)
     a.set_defaults(
-        _make=lambda ns: IndexAddArgs(ns.index, ns.source, ns.workers, ns.batch_size, ns.json),
+        _make=lambda ns: IndexAddArgs(
+            ns.index,
+            ns.source,
+            ns.workers,
+            ns.batch_size,
+            ns.json,
+            ns.ray,
+            ns.ray_workers,
+            ns.shard_size,
+        ),
         _run=_run_index_add,
     )
 
@@ -209,6 +244,41 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_scale_options(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and its knobs (issue #8: encoding on a Ray cluster)."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="encode on Ray: no value = a local Ray, `auto` = the running cluster, "
+        "ray://host:10001 = a remote one (shards are resumable)",
+    )
+    p.add_argument("--ray-workers", type=int, default=2, help="Ray encoder actors (one CPU each)")
+    p.add_argument("--shard-size", type=int, default=1024, help="items per Ray shard")
+
+
+def _ray_hook(
+    ray: str | None, workers: int, shard_size: int, model: Any, items: str, index: str, quiet: bool
+) -> Any:
+    """The ``encode_with`` hook for ``--ray`` (None without it); shards live in INDEX/pending/ray."""
+    if ray is None:
+        return None
+    from lexlens.index.store import IndexDir
+    from lexlens.scale.ray_encode import RayEncodeHook, RayOptions
+
+    options = RayOptions(
+        address=None if ray == "local" else ray, num_workers=workers, shard_size=shard_size
+    )
+    return RayEncodeHook(model, items, IndexDir(index).pending / "ray", options, progress=not quiet)
+
+
+def _with_ray_stats(report: dict[str, Any], hook: Any) -> dict[str, Any]:
+    if hook is not None and hook.stats is not None:
+        return {**report, "ray": hook.stats.to_dict()}
+    return report
+
+
 def _report_text(r: dict[str, Any]) -> str:
     lines = [
         f"added {r['added']}, updated {r['updated']}, unchanged {r['skipped']}, failed {r['failed']}"
@@ -217,12 +287,21 @@ def _report_text(r: dict[str, Any]) -> str:
         f"{r['count']} items (generation {r['generation']})",
     ]
     lines += [f"  unreadable: {p}" for p in r.get("failed_paths", [])[:10]]
+    if r.get("ray"):
+        ray = r["ray"]
+        lines.append(
+            f"ray: {ray['n_items']} items in {ray['shards_run']} shards "
+            f"({ray['shards_skipped']} resumed, {ray['retries']} retried) on {ray['workers']} "
+            f"workers: {ray['items_per_s']:.1f} items/s; decode {ray['decode_s']:.1f}s, encode "
+            f"{ray['encode_s']:.1f}s, write {ray['write_s']:.1f}s, merge {ray['merge_s']:.1f}s"
+        )
     return "\n".join(lines)
 
 
 def _run_index_build(a: IndexBuildArgs) -> int:
     from lexlens.index.index import Index
 
+    hook = _ray_hook(a.ray, a.ray_workers, a.shard_size, a.model, a.items, a.out, a.json)
     idx = Index.build(
         a.source,
         a.model,
@@ -232,9 +311,11 @@ def _run_index_build(a: IndexBuildArgs) -> int:
         progress=not a.json,
         workers=a.workers,
         batch_size=a.batch_size,
+        encode_with=hook,
+        backend=a.backend,
     )
     _emit(
-        {**idx.last_report, "index": str(idx.path), "spec": str(idx.spec)},
+        _with_ray_stats({**idx.last_report, "index": str(idx.path), "spec": str(idx.spec)}, hook),
         a.json,
         lambda r: f"built {r['index']} ({r['spec']})\n" + _report_text(r),
     )
@@ -244,10 +325,17 @@ def _run_index_build(a: IndexBuildArgs) -> int:
 def _run_index_add(a: IndexAddArgs) -> int:
     from lexlens.index.index import Index
 
-    report = Index.open(a.index).add(
-        a.source, progress=not a.json, workers=a.workers, batch_size=a.batch_size
+    idx = Index.open(a.index)
+    model = idx.info()["model"]
+    hook = _ray_hook(a.ray, a.ray_workers, a.shard_size, model, idx.items, a.index, a.json)
+    report = idx.add(
+        a.source,
+        progress=not a.json,
+        workers=a.workers,
+        batch_size=a.batch_size,
+        encode_with=hook,
     )
-    _emit(report, a.json, _report_text)
+    _emit(_with_ray_stats(report, hook), a.json, _report_text)
     return 0
 
 
@@ -372,9 +460,74 @@ def _run_search(a: SearchArgs) -> int:
 
 
 # ----------------------------------------------------------------------------- eval (issue #3)
+@dataclass
+class EvalArgs:
+    model: str
+    data: str
+    split: str | None = None
+    index: str | None = None
+    images: str | None = None
+    limit: int | None = None
+    json_out: str | None = None
+    batch_size: int = 64
+
+
 def _build_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="Recall@K both ways, rSum, fine-grained accuracy")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("eval", 3))
+    p = sub.add_parser(
+        "eval",
+        help="Recall@K both ways, rSum, fine-grained accuracy",
+        description="The standard retrieval protocol: text->image and image->text R@1/5/10, "
+        "rSum, mean/median rank; fine-grained accuracy (fg.jsonl) and the ceiling (scene "
+        "records) when the data has them. Ties: (-score, id). Values in percent.",
+    )
+    p.add_argument("--model", required=True, help="model spec, e.g. native:scenes-mini")
+    p.add_argument(
+        "--data", required=True, help="scenes folder, Karpathy JSON, or CSV/Parquet file"
+    )
+    p.add_argument("--split", help="split to evaluate (Karpathy JSON: test)")
+    p.add_argument(
+        "--index",
+        metavar="SPEC",
+        help="evaluate through an index of this kind (flat, hnsw32, sparse, hybrid(sparse,flat), ...)",
+    )
+    p.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to")
+    p.add_argument("--limit", type=int, help="only the first N images (and their captions)")
+    p.add_argument(
+        "--json", dest="json_out", metavar="OUT", help="write the JSON result to OUT ('-': stdout)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
+    p.set_defaults(
+        _make=lambda ns: EvalArgs(
+            ns.model, ns.data, ns.split, ns.index, ns.images, ns.limit, ns.json_out, ns.batch_size
+        ),
+        _run=_run_eval,
+    )
+
+
+def _run_eval(a: EvalArgs) -> int:
+    from lexlens.eval.protocol import evaluate, format_report, load_eval_set
+    from lexlens.models.registry import load_encoder
+
+    data = load_eval_set(a.data, split=a.split, images_root=a.images, limit=a.limit)
+    encoder = load_encoder(a.model)
+    result = evaluate(
+        encoder, data, index_spec=a.index, batch_size=a.batch_size, progress=a.json_out != "-"
+    )
+    if a.json_out == "-":
+        _emit(result, True)
+        return 0
+    if a.json_out:
+        from pathlib import Path
+
+        from lexlens.errors import UsageError
+
+        try:
+            Path(a.json_out).write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        except OSError as e:
+            print(json.dumps(result, indent=2, default=_json_default))  # nothing is lost
+            raise UsageError(f"cannot write {a.json_out}: {e.strerror}") from e
+    print(format_report(result))
+    return 0
 
 
 # ----------------------------------------------------------------------------- bench (issues #2, #3)

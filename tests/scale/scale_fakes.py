@@ -14,7 +14,7 @@ import numpy as np
 
 from lexlens.models.base import Encoder, PreprocessConfig, SparseBatch
 
-__all__ = ["FakeEncoder", "make_fake_encoder", "write_images"]
+__all__ = ["FakeEncoder", "make_fake_encoder", "write_images", "register_fake_backend"]
 
 VOCAB = [f"w{i}" for i in range(12)]
 
@@ -78,3 +78,11 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(p)
         out.append(p)
     return out
+
+
+def register_fake_backend() -> None:
+    """Make the model spec ``fake:tiny`` loadable in this process (driver or Ray worker)."""
+    from lexlens.models import registry
+
+    registry._ensure_builtin_backends()  # builtins first: the registry fills itself only when empty
+    registry.register_backend("fake", lambda target: FakeEncoder(), lambda: ["tiny"], "test fake")

@@ -8,7 +8,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import scale_fakes  # noqa: E402
 from scale_fakes import make_fake_encoder, write_images  # noqa: E402
 
 from lexlens.errors import LexlensError, UsageError  # noqa: E402
@@ -24,21 +23,6 @@ from lexlens.scale.ray_encode import (  # noqa: E402
 )
 
 BAD = 17  # position of the unreadable file
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=200 * 1024 * 1024,
-        ignore_reinit_error=True,
-        log_to_driver=False,
-    )
-    # the fake encoder lives in a test module the workers cannot import: ship it by value
-    ray.cloudpickle.register_pickle_by_value(scale_fakes)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

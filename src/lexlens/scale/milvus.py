@@ -66,6 +66,7 @@ __all__ = [
     "parse_backend",
     "is_milvus_backend",
     "wrap_spec",
+    "backend_kind",
     "where_to_filter",
     "collection_name_for",
 ]
@@ -273,6 +274,21 @@ def wrap_spec(inner: Any) -> Any:
     return IndexSpec(MilvusKind.kind, children=(inner,))
 
 
+def backend_kind(
+    backend: str, spec: Any, ctx: KindContext, index_dir: str | os.PathLike[str]
+) -> MilvusKind:
+    """The structure of a new index built with ``backend="milvus://..."`` at ``index_dir``.
+
+    ``milvus`` / ``milvus://`` alone means Milvus Lite in ``INDEX/milvus.db``; the collection is
+    named after the index directory plus a random suffix (two indexes never share one).
+    """
+    import uuid
+
+    root = Path(index_dir).resolve()
+    name = f"{collection_name_for(root.name)[:240]}_{uuid.uuid4().hex[:8]}"
+    return MilvusKind.create(backend, spec, ctx, name, default_lite=root / "milvus.db")
+
+
 @register_kind
 class MilvusKind(IndexKind):
     """An :class:`IndexKind` whose items live in one Milvus collection (see module docstring).
@@ -433,6 +449,23 @@ class MilvusKind(IndexKind):
                     row["sparse"] = self._sparse_row(sparse, i)
                 rows.append(row)
             self._call("upsert", self.collection, rows)
+
+    def update_records(self, records: Sequence[Any]) -> int:
+        """New metadata (``path``, ``fields``, ``text``, ``size``, ``mtime``) for stored items
+        whose vectors did not change; each record carries its ``id``. Returns rows updated."""
+        by_id = {int(r.id): r for r in records}
+        vec_field = "dense" if self.has_dense else "sparse"
+        done = 0
+        for chunk in _chunks(sorted(by_id), _WRITE_BATCH):
+            rows = self._call("get", self.collection, ids=chunk, output_fields=[vec_field])
+            for r in rows:
+                rec = by_id[int(r["id"])]
+                r["path"] = str(getattr(rec, "path", None) or "")
+                r["meta"] = _meta(rec)
+            if rows:
+                self._call("upsert", self.collection, [dict(r) for r in rows])
+                done += len(rows)
+        return done
 
     def _sparse_row(self, sparse: SparseBatch, i: int) -> dict[int, float]:
         idx, val = sparse.row(i)

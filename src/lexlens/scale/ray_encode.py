@@ -57,6 +57,7 @@ __all__ = [
     "RayOptions",
     "encode_with_ray",
     "ray_encode_items",
+    "RayEncodeHook",
     "iter_shards",
     "merge_shards",
     "plan_shards",
@@ -556,6 +557,42 @@ def ray_encode_items(
             t = time.perf_counter()
 
     return batches(), stats
+
+
+class RayEncodeHook:
+    """``encode_with`` for :meth:`lexlens.Index.build` / :meth:`lexlens.Index.add`: encode on Ray.
+
+    Shards go to ``shard_dir/plan-DIGEST/`` (one folder per distinct input list, so a rerun of
+    the same build resumes and a different one never collides); ``stats`` holds the last
+    run's :class:`RayEncodeStats`.
+    """
+
+    def __init__(
+        self,
+        model: EncoderSource,
+        items: str,
+        shard_dir: str | os.PathLike[str],
+        options: RayOptions | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.items = items
+        self.shard_dir = Path(shard_dir)
+        self.options = options or RayOptions()
+        self.progress = progress
+        self.stats: RayEncodeStats | None = None
+
+    def __call__(self, todo: Sequence[SourceItem], want_sparse: bool) -> Iterator[EncodedBatch]:
+        inputs = [str(s.path if self.items == "images" else s.text) for s in todo]
+        ids = np.arange(len(todo), dtype=np.int64)
+        plan = _plan_record(
+            _encoder_name(self.model), self.items, want_sparse, ids, inputs, self.options.shard_size
+        )
+        out = self.shard_dir / f"plan-{plan['digest'][:16]}"
+        batches, self.stats = ray_encode_items(
+            todo, self.model, self.items, want_sparse, out, self.options, self.progress
+        )
+        return batches
 
 
 def _run_pool(
