@@ -40,7 +40,17 @@ from lexlens.eval import metrics as M
 from lexlens.index.base import KindContext, SearchParams, Vectors
 from lexlens.models.base import Encoder, ImageInput, SparseBatch
 
-__all__ = ["EvalSet", "FGItem", "evaluate", "retrieval_block", "ceiling_block", "fits_matrix"]
+__all__ = [
+    "EvalSet",
+    "FGItem",
+    "evaluate",
+    "retrieval_block",
+    "ceiling_block",
+    "fits_matrix",
+    "format_report",
+    "as_eval_set",
+    "load_eval_set",
+]
 
 
 @dataclass
@@ -346,4 +356,91 @@ def as_eval_set(dataset: Any) -> EvalSet:
     """An :class:`EvalSet` from a dataset returned by :func:`lexlens.data.readers.load_dataset`."""
     if isinstance(dataset, EvalSet):
         return dataset
-    raise UsageError(f"cannot evaluate on a {type(dataset).__name__}")
+    images = getattr(dataset, "images", None)
+    captions = getattr(dataset, "captions", None)
+    if images is None or captions is None:
+        raise UsageError(f"cannot evaluate on a {type(dataset).__name__}")
+    records = getattr(dataset, "records", None)
+    meta = getattr(dataset, "caption_meta", None)
+    fg_raw = getattr(dataset, "fg", None) or []
+    position = {str(p): i for i, p in enumerate(images)}
+    fg = []
+    for item in fg_raw:
+        get = item.get if isinstance(item, dict) else lambda k, _i=item: getattr(_i, k)
+        i = position.get(str(get("image")))
+        if i is not None:
+            fg.append(FGItem(i, str(get("positive")), [str(n) for n in get("negatives")]))
+    return EvalSet(
+        images=list(images),
+        captions=[list(c) for c in captions],
+        records=None if not records or any(r is None for r in records) else list(records),
+        caption_meta=None if not meta or any(m is None for m in meta) else [list(m) for m in meta],
+        fg=fg,
+    )
+
+
+def load_eval_set(
+    path: str, split: str | None = None, images_root: str | None = None, limit: int | None = None
+) -> EvalSet:
+    """Read any supported dataset (scenes folder, Karpathy JSON, CSV/Parquet) for evaluation."""
+    try:
+        from lexlens.data.readers import load_dataset
+    except ImportError as e:  # the readers module is part of the data issue
+        raise UsageError("dataset readers are not available in this build") from e
+    ds = load_dataset(path, split=split, images_root=images_root)
+    return as_eval_set(ds).limit(limit)
+
+
+# ----------------------------------------------------------------------------- report
+def _row(label: str, block: dict[str, Any], ks: Sequence[int]) -> str:
+    cells = [f"{block[f'R@{k}']:6.1f}" for k in ks]
+    mean = block.get("mean_rank", block.get("mean_rank_lower_bound"))
+    med = block.get("median_rank", block.get("median_rank_lower_bound"))
+    bound = "" if "mean_rank" in block else ">="
+    cells.append(f"{bound}{mean:.1f}".rjust(8))
+    cells.append(f"{bound}{med:.1f}".rjust(8))
+    return f"{label:<14}" + " ".join(cells)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A small human-readable table of an :func:`evaluate` result."""
+    ks = result.get("k_values", [1, 5, 10])
+    head = f"{'':<14}" + " ".join(f"{'R@' + str(k):>6}" for k in ks) + f"{'mean':>9}{'median':>9}"
+    scoring = "full matrix" if result.get("index") is None else f"index {result['index']}"
+    lines = [
+        f"{result['model']}: {result['n_images']} images, {result['n_texts']} captions, {scoring}",
+        head,
+        _row("text->image", result["t2i"], ks),
+        _row("image->text", result["i2t"], ks),
+        f"{'rSum':<14}{result['rsum']:.1f}",
+    ]
+    if "lexical" in result:
+        lex = result["lexical"]
+        lines += [
+            _row("lexical t->i", lex["t2i"], ks),
+            _row("lexical i->t", lex["i2t"], ks),
+            f"{'lexical rSum':<14}{lex['rsum']:.1f}",
+        ]
+    if "ann_recall@10" in result:
+        a = result["ann_recall@10"]
+        lines.append(
+            f"ANN recall@10 vs exact: text->image {a['t2i']:.1f}, image->text {a['i2t']:.1f}"
+            f" (exact rSum {result['exact']['rsum']:.1f})"
+        )
+    if "fg_acc" in result:
+        fg = f"fine-grained accuracy: {result['fg_acc']:.1f} (n={result['fg_n']})"
+        if "fg_acc_lexical" in result:
+            fg += f", lexical {result['fg_acc_lexical']:.1f}"
+        lines.append(fg)
+    if "ceiling" in result:
+        c = result["ceiling"]
+        lines += [
+            _ceiling_row("ceiling t->i", c["t2i"], ks),
+            _ceiling_row("ceiling i->t", c["i2t"], ks),
+            f"{'ceiling rSum':<14}{c['rsum']:.1f}",
+        ]
+    return "\n".join(lines)
+
+
+def _ceiling_row(label: str, block: dict[str, float], ks: Sequence[int]) -> str:
+    return f"{label:<14}" + " ".join(f"{block[f'R@{k}']:6.1f}" for k in ks)
