@@ -533,7 +533,97 @@ def _run_eval(a: EvalArgs) -> int:
 # ----------------------------------------------------------------------------- bench (issues #2, #3)
 def _build_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and memory benchmarks")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("bench", 3))
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    # one builder per benchmark: `encode` (issue #2), `search` (issue #3)
+    _build_bench_search(bench_sub)
+    p.set_defaults(_make=lambda ns: ns, _run=lambda _: (p.print_help(), 2)[1])
+
+
+@dataclass
+class BenchSearchArgs:
+    model: str
+    sizes: str = "1000,10000,100000"
+    kinds: str = "flat,hnsw32"
+    queries: int = 200
+    k: int = 10
+    data: str | None = None
+    encode: int = 20000
+    out: str = "bench-search"
+    max_memory: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    json: bool = False
+
+
+def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "search",
+        help="build time, size, latency, q/s and recall of index kinds against N",
+        description="For each size N and index kind: build time, bytes on disk and in memory, "
+        "single-query latency p50/p95/p99, batched q/s, recall@k against exact search. "
+        "Writes OUT/bench_search.{md,json,png}.",
+    )
+    p.add_argument("--model", required=True, help="model spec that encodes the gallery")
+    p.add_argument("--sizes", default="1000,10000,100000", help="collection sizes, e.g. 1k,10k,1M")
+    p.add_argument(
+        "--kinds",
+        default="flat,hnsw32",
+        help="index specs, comma-separated (ivf1024,pq32 is one spec); ';' also separates",
+    )
+    p.add_argument("--queries", type=int, default=200, help="number of caption queries")
+    p.add_argument("--k", type=int, default=10, help="results per query (recall@k)")
+    p.add_argument("--data", help="dataset whose images are encoded (default: generated scenes)")
+    p.add_argument(
+        "--encode",
+        type=int,
+        default=20000,
+        help="images encoded at most; larger N get synthetic vectors of the same statistics",
+    )
+    p.add_argument("--out", default="bench-search", help="folder for the table, JSON and plot")
+    p.add_argument("--max-memory", help="memory allowed, e.g. 8G (default: 80%% of available RAM)")
+    p.add_argument("--seed", type=int, default=0, help="seed of scenes, queries and synthesis")
+    p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.set_defaults(
+        _make=lambda ns: BenchSearchArgs(
+            ns.model,
+            ns.sizes,
+            ns.kinds,
+            ns.queries,
+            ns.k,
+            ns.data,
+            ns.encode,
+            ns.out,
+            ns.max_memory,
+            ns.seed,
+            ns.batch_size,
+            ns.json,
+        ),
+        _run=_run_bench_search,
+    )
+
+
+def _run_bench_search(a: BenchSearchArgs) -> int:
+    from lexlens.eval import bench_search as bs
+
+    cfg = bs.BenchSearchConfig(
+        model=a.model,
+        sizes=bs.parse_sizes(a.sizes),
+        kinds=bs.split_kinds(a.kinds),
+        queries=a.queries,
+        k=a.k,
+        data=a.data,
+        encode=a.encode,
+        out=a.out,
+        max_memory=bs.parse_bytes(a.max_memory) if a.max_memory else None,
+        seed=a.seed,
+        batch_size=a.batch_size,
+        progress=not a.json,
+    )
+    log = None if a.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = bs.bench_search(cfg, log=log)
+    _emit(result, a.json, lambda r: bs.markdown_table(r) + f"\n\n(written to {a.out}/)")
+    return 0
 
 
 # ----------------------------------------------------------------------------- serve (issue #7)

@@ -55,6 +55,8 @@ __all__ = [
     "estimate_index_bytes",
     "estimate_run_bytes",
     "available_memory",
+    "parse_bytes",
+    "parse_sizes",
     "synthesize_dense",
     "synthesize_sparse",
     "bench_search",
@@ -155,6 +157,47 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- memory
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"8G"``, ``"512MiB"``, ``"1.5g"``, ``"1000000"`` -> bytes (binary units)."""
+    t = str(text).strip().lower().replace(" ", "")
+    for suffix in ("ib", "b"):
+        if t.endswith(suffix) and len(t) > len(suffix):
+            t = t[: -len(suffix)]
+            break
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise UsageError(f"bad memory size {text!r}; use e.g. 8G or 512M") from None
+    if value <= 0:
+        raise UsageError(f"memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"1000,10k,1M"`` -> ``[1000, 10000, 1000000]``."""
+    out = []
+    for part in str(text).split(","):
+        p = part.strip().lower().replace("_", "")
+        if not p:
+            continue
+        mult = {"k": 1000, "m": 1_000_000}.get(p[-1], 1)
+        try:
+            n = int(float(p[:-1] if mult > 1 else p) * mult)
+        except ValueError:
+            raise UsageError(f"bad collection size {part!r} in --sizes") from None
+        if n <= 0:
+            raise UsageError(f"collection sizes must be positive, got {part!r}")
+        out.append(n)
+    if not out:
+        raise UsageError("--sizes names no collection size")
+    return out
+
+
 def available_memory() -> int:
     """Available RAM in bytes (``MemAvailable``; falls back to total physical memory)."""
     try:
