@@ -1,44 +1,72 @@
 """Synthetic "scenes": small pictures of coloured shapes described in English.
 
-The generator covers the whole vocabulary of ``shared/scenes-vocabulary.md``:
-12 colours, 8 shapes, two sizes, five places of a single object, four relations
-between two objects, and counts one to three of identical small objects. Three scene
-kinds are about equally common: ``single`` (one object), ``pair`` (two different
-objects in a relation) and ``multi`` (two or three identical small objects).
+The generator covers the whole vocabulary of ``shared/scenes-vocabulary.md``: 12 colours,
+8 shapes, two sizes, five places of a single object, four relations between two objects,
+and counts one to three. Three scene kinds are about equally common: ``single`` (one
+object at a place), ``pair`` (two different objects in a relation) and ``multi`` (two or
+three identical small objects).
 
-Records
--------
-A scene record (the ``scene`` key of a ``captions.jsonl`` line)::
+Output folder (:func:`generate_scenes`, ``lexlens data scenes OUT``)::
+
+    images/000000.png ...
+    captions.jsonl   {"image", "captions": [5 str], "scene": SCENE, "caption_meta": [5 MEANING]}
+    fg.jsonl         {"image", "positive", "negatives": [str], "negatives_meta": [MEANING]}
+    dataset.json     {"name", "n", "seed", "size", "split", "generator_version"}
+
+Scene record (``SCENE``)
+------------------------
+::
 
     {"kind": "single" | "pair" | "multi",
-     "background": "white" | ... (the colour name the background resembles),
+     "background": str,            # palette colour name the background resembles
+     "bg_rgb": [r, g, b],
+     "place": str | None,          # single: left / right / top / bottom / center
+     "relation": str | None,       # pair: objects[0] RELATION objects[1]
+     "count": int,                 # number of objects (1, 2 or 3)
      "objects": [{"colour": str, "shape": str, "size": "small" | "large",
-                  "x": float, "y": float, "r": float, "rot": float}, ...],
-     "place": str | None,      # single: left/right/top/bottom/center
-     "relation": str | None}   # pair: objects[0] RELATION objects[1]
+                  "x": float, "y": float,     # centre, in units of the image side
+                  "r": float, "rot": float}]} # radius (image side units), degrees
 
-The structured meaning of a caption (``caption_meta``)::
+Coordinates grow rightwards and downwards. No object has the background's colour (nor a
+colour close to it). In a pair, "A left of B" means A's centre is at least 0.36 of the
+image side left of B's while their vertical offset is at most 0.1 (likewise above/below),
+so exactly one relation holds and it is unambiguous.
 
-    {"objects": [{"colour"?: str, "shape"?: str, "size"?: str}, ...],
-     "place"?: str, "relation"?: str, "count"?: int}
+Caption meaning (``MEANING``)
+-----------------------------
+::
 
-:func:`caption_fits` decides exactly whether a meaning is true of a scene, which is
-what a perfect reader knows; the evaluation uses it for the ceiling, and the
-fine-grained negatives are checked with it to be false.
+    {"objects": [{"colour"?: str, "shape"?: str, "size"?: str}, ...],  # 1 or 2 descriptions
+     "place"?: str,     # with one description
+     "relation"?: str,  # with two descriptions: objects[0] RELATION objects[1]
+     "count"?: int}     # with one description: exactly that many objects match it
 
-Rendering varies on purpose (positions, sizes, rotation, colour jitter, backgrounds,
-gradients, noise, anti-aliasing, blur), and so do captions (templates, word order,
-synonyms, fillers, partial descriptions), because held-out data is drawn and written
-independently of this module.
+:func:`caption_fits` decides exactly whether a meaning is true of ANY scene record, i.e.
+what a perfect reader knows. Rules: an object description matches an object when every
+attribute it names is equal; a relation holds only in a pair scene whose two objects match
+the two descriptions in that relation (or in the inverse relation with the descriptions
+swapped); a place holds only for the object of a single scene at that place; a count holds
+when exactly that many objects match; otherwise every description must match a distinct
+object (so "a red circle" fits any scene containing a red circle). The evaluation uses it
+for the ceiling; the fine-grained negatives are checked with it to be false.
+
+Rendering varies on purpose (positions inside the place's region, size jitter, rotation,
+colour jitter, solid/gradient/noisy backgrounds, supersampled or aliased edges, blur), and
+so do captions (templates, word orders, synonyms, fillers, plural forms, capitals, final
+period, partial descriptions), because held-out data is drawn and written independently.
+Every image is generated from its own generator seeded by ``(seed, split, index)``, so the
+output is the same whatever the number of worker processes.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,19 +80,24 @@ __all__ = [
     "SIZES",
     "PLACES",
     "RELATIONS",
+    "COUNTS",
+    "KINDS",
     "INVERSE_RELATION",
+    "GENERATOR_VERSION",
+    "CaptionStyle",
+    "SceneItem",
     "sample_scene",
     "render_scene",
     "write_captions",
+    "realise",
     "caption_fits",
     "swap_negatives",
-    "realise",
-    "generate_scenes",
-    "SceneItem",
     "make_item",
+    "generate_scenes",
+    "generate",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -84,189 +117,242 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond",
 SIZES = ("small", "large")
 PLACES = ("left", "right", "top", "bottom", "center")
 RELATIONS = ("left of", "right of", "above", "below")
-INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+COUNTS = (1, 2, 3)
 KINDS = ("single", "pair", "multi")
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
-# Backgrounds: (name of the colour it resembles, rgb). Objects never take that colour.
-_BACKGROUNDS: list[tuple[str, tuple[int, int, int]]] = [
+# light and dark neutrals besides the palette colours themselves: (name it resembles, rgb)
+_NEUTRALS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("white", (245, 245, 242)),
-    ("white", (232, 234, 238)),
-    ("gray", (120, 120, 124)),
-    ("gray", (170, 170, 168)),
-    ("black", (18, 18, 22)),
-    ("black", (40, 38, 44)),
-    ("blue", (40, 60, 150)),
-    ("green", (60, 120, 60)),
-    ("yellow", (235, 225, 150)),
-    ("brown", (110, 80, 55)),
-]
+    ("white", (228, 230, 235)),
+    ("gray", (175, 175, 172)),
+    ("gray", (128, 128, 130)),
+    ("gray", (90, 90, 94)),
+    ("black", (38, 36, 42)),
+    ("black", (15, 15, 18)),
+)
+_MIN_CONTRAST = 90.0  # Euclidean RGB distance between an object colour and the background
 
-# ----------------------------------------------------------------------------- sampling
-
-_PLACE_BOX = {  # (x range, y range) of the object centre, in units of the image side
-    "left": ((0.18, 0.30), (0.30, 0.70)),
-    "right": ((0.70, 0.82), (0.30, 0.70)),
-    "top": ((0.30, 0.70), (0.18, 0.30)),
-    "bottom": ((0.30, 0.70), (0.70, 0.82)),
+# (x range, y range) of the centre of a single object at each place
+_PLACE_BOX = {
+    "left": ((0.16, 0.30), (0.32, 0.68)),
+    "right": ((0.70, 0.84), (0.32, 0.68)),
+    "top": ((0.32, 0.68), (0.16, 0.30)),
+    "bottom": ((0.32, 0.68), (0.70, 0.84)),
     "center": ((0.42, 0.58), (0.42, 0.58)),
 }
 
 
-def _radius(size: str, rng: random.Random, pair: bool = False) -> float:
+# ----------------------------------------------------------------------------- sampling
+def _radius(size: str, rng: random.Random, kind: str) -> float:
     if size == "large":
-        return rng.uniform(0.13, 0.17) if pair else rng.uniform(0.15, 0.19)
-    return rng.uniform(0.07, 0.10)
+        return rng.uniform(0.13, 0.16) if kind == "pair" else rng.uniform(0.15, 0.20)
+    return rng.uniform(0.075, 0.10)
+
+
+def _object(
+    rng: random.Random, colour: str, shape: str, size: str, x: float, y: float, r: float
+) -> dict[str, Any]:
+    rot = 0.0 if shape == "circle" else rng.uniform(-15.0, 15.0)
+    return {"colour": colour, "shape": shape, "size": size, "x": x, "y": y, "r": r, "rot": rot}
+
+
+def _inside(v: float, r: float) -> float:
+    """Keep a centre coordinate so that the object stays within the picture."""
+    return min(max(v, r + 0.02), 1.0 - r - 0.02)
+
+
+def _background(rng: random.Random) -> tuple[str, tuple[int, int, int]]:
+    if rng.random() < 0.5:
+        return rng.choice(_NEUTRALS)
+    name = rng.choice(list(COLOURS))
+    return name, COLOURS[name]
 
 
 def sample_scene(rng: random.Random, kind: str | None = None) -> dict[str, Any]:
     """Draw a scene record (see the module docstring) from ``rng``."""
     kind = kind or rng.choice(KINDS)
-    bg_name, bg_rgb = rng.choice(_BACKGROUNDS)
-    colours = [c for c in COLOURS if c != bg_name]
-
-    def obj(colour: str, shape: str, size: str, x: float, y: float, r: float) -> dict[str, Any]:
-        rot = 0.0 if shape == "circle" else rng.uniform(-15.0, 15.0)
-        return {"colour": colour, "shape": shape, "size": size, "x": x, "y": y, "r": r, "rot": rot}
-
-    scene: dict[str, Any] = {"kind": kind, "background": bg_name, "bg_rgb": list(bg_rgb)}
+    if kind not in KINDS:
+        raise ValueError(f"unknown scene kind {kind!r}; expected one of {KINDS}")
+    bg_name, bg_rgb = _background(rng)
+    colours = [
+        c
+        for c, rgb in COLOURS.items()
+        if c != bg_name and math.dist(rgb, bg_rgb) >= _MIN_CONTRAST
+    ]
+    scene: dict[str, Any] = {
+        "kind": kind,
+        "background": bg_name,
+        "bg_rgb": list(bg_rgb),
+        "place": None,
+        "relation": None,
+    }
     if kind == "single":
-        place = rng.choice(PLACES)
-        size = rng.choice(SIZES)
+        place, size = rng.choice(PLACES), rng.choice(SIZES)
         (x0, x1), (y0, y1) = _PLACE_BOX[place]
-        r = _radius(size, rng)
-        scene.update(place=place, relation=None)
-        scene["objects"] = [
-            obj(rng.choice(colours), rng.choice(SHAPES), size, rng.uniform(x0, x1), rng.uniform(y0, y1), r)
-        ]
+        r = _radius(size, rng, kind)
+        x, y = _inside(rng.uniform(x0, x1), r), _inside(rng.uniform(y0, y1), r)
+        objects = [_object(rng, rng.choice(colours), rng.choice(SHAPES), size, x, y, r)]
+        scene["place"] = place
     elif kind == "pair":
         while True:
-            a = (rng.choice(colours), rng.choice(SHAPES))
-            b = (rng.choice(colours), rng.choice(SHAPES))
+            a, b = (rng.choice(colours), rng.choice(SHAPES)), (rng.choice(colours), rng.choice(SHAPES))
             if a != b:
                 break
         rel = rng.choice(RELATIONS)
         sa, sb = rng.choice(SIZES), rng.choice(SIZES)
-        ra, rb = _radius(sa, rng, True), _radius(sb, rng, True)
-        near, far = rng.uniform(0.2, 0.32), rng.uniform(0.68, 0.8)
-        other_a, other_b = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)
-        first, second = (near, far) if rel in ("left of", "above") else (far, near)
+        ra, rb = _radius(sa, rng, kind), _radius(sb, rng, kind)
+        lo, hi = rng.uniform(0.18, 0.32), rng.uniform(0.68, 0.82)  # along the relation axis
+        ca, cb = (lo, hi) if rel in ("left of", "above") else (hi, lo)
+        across = rng.uniform(0.35, 0.65)  # the other axis: nearly aligned
+        oa, ob = across + rng.uniform(-0.05, 0.05), across + rng.uniform(-0.05, 0.05)
         if rel in ("left of", "right of"):
-            pa, pb = (first, other_a), (second, other_b)
+            pa, pb = (ca, oa), (cb, ob)
         else:
-            pa, pb = (other_a, first), (other_b, second)
-        scene.update(place=None, relation=rel)
-        scene["objects"] = [obj(*a, sa, *pa, ra), obj(*b, sb, *pb, rb)]
+            pa, pb = (oa, ca), (ob, cb)
+        objects = [_object(rng, *a, sa, *pa, ra), _object(rng, *b, sb, *pb, rb)]
+        scene["relation"] = rel
     else:
         count = rng.choice((2, 3))
         colour, shape = rng.choice(colours), rng.choice(SHAPES)
         pts: list[tuple[float, float]] = []
         while len(pts) < count:
-            p = (rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85))
-            if all(math.dist(p, q) > 0.26 for q in pts):
+            p = (rng.uniform(0.14, 0.86), rng.uniform(0.14, 0.86))
+            if all(math.dist(p, q) > 0.27 for q in pts):
                 pts.append(p)
-        scene.update(place=None, relation=None, count=count)
-        scene["objects"] = [obj(colour, shape, "small", x, y, _radius("small", rng)) for x, y in pts]
+        objects = [
+            _object(rng, colour, shape, "small", x, y, _radius("small", rng, kind)) for x, y in pts
+        ]
+    scene["count"] = len(objects)
+    scene["objects"] = objects
     return scene
 
 
 # ----------------------------------------------------------------------------- rendering
+def _unit_outline(shape: str) -> list[tuple[float, float]]:
+    """The outline of ``shape`` inside the unit circle (y grows downwards)."""
+
+    def ring(n: int, start: float = -90.0) -> list[tuple[float, float]]:
+        return [
+            (math.cos(math.radians(start + 360.0 * i / n)), math.sin(math.radians(start + 360.0 * i / n)))
+            for i in range(n)
+        ]
+
+    if shape == "square":
+        return [(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]
+    if shape == "triangle":
+        return [(x, y + 0.15) for x, y in ring(3)]
+    if shape == "diamond":
+        return [(0.0, -1.0), (0.66, 0.0), (0.0, 1.0), (-0.66, 0.0)]
+    if shape == "pentagon":
+        return ring(5)
+    if shape == "hexagon":
+        return ring(6, 0.0)
+    if shape == "star":
+        return [(p[0] * (1.0 if i % 2 == 0 else 0.42), p[1] * (1.0 if i % 2 == 0 else 0.42)) for i, p in enumerate(ring(10))]
+    if shape == "cross":
+        t = 0.33
+        return [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+    raise ValueError(f"not a polygon shape: {shape}")
+
+
+_OUTLINES = {s: _unit_outline(s) for s in SHAPES if s != "circle"}
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, rot_deg: float) -> list[tuple[float, float]]:
-    rot = math.radians(rot_deg)
-    if shape == "square":
-        base = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-        base = [(x * 0.82, y * 0.82) for x, y in base]
-    elif shape == "triangle":
-        base = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in (-90, 30, 150)]
-        base = [(x, y + 0.15) for x, y in base]
-    elif shape == "diamond":
-        base = [(0, -1), (0.68, 0), (0, 1), (-0.68, 0)]
-    elif shape in ("pentagon", "hexagon"):
-        n = 5 if shape == "pentagon" else 6
-        base = [(math.cos(2 * math.pi * i / n - math.pi / 2), math.sin(2 * math.pi * i / n - math.pi / 2)) for i in range(n)]
-    elif shape == "star":
-        base = []
-        for i in range(10):
-            rad = 1.0 if i % 2 == 0 else 0.42
-            a = 2 * math.pi * i / 10 - math.pi / 2
-            base.append((rad * math.cos(a), rad * math.sin(a)))
-    elif shape == "cross":
-        t = 0.34
-        base = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
-    else:
-        raise ValueError(f"not a polygon shape: {shape}")
-    c, s = math.cos(rot), math.sin(rot)
-    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in base]
+    c, s = math.cos(math.radians(rot_deg)), math.sin(math.radians(rot_deg))
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in _OUTLINES[shape]]
 
 
 def _jitter(rgb: Sequence[int], rng: random.Random, amount: int) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, v + rng.randint(-amount, amount)))) for v in rgb)  # type: ignore[return-value]
+    r, g, b = (min(255, max(0, int(v) + rng.randint(-amount, amount))) for v in rgb)
+    return r, g, b
+
+
+def _paint_background(side: int, rgb: tuple[int, int, int], rng: random.Random) -> Any:
+    """Solid colour, or a mild gradient (vertical, horizontal or diagonal)."""
+    from PIL import Image
+
+    if rng.random() < 0.6:
+        return Image.new("RGB", (side, side), rgb)
+    t = np.linspace(-1.0, 1.0, side, dtype=np.float32)
+    direction = rng.randrange(3)
+    ramp = t[:, None] if direction == 0 else t[None, :] if direction == 1 else (t[:, None] + t[None, :]) / 2
+    amp = rng.uniform(6.0, 22.0) * rng.choice((-1.0, 1.0))
+    ramp = np.broadcast_to(ramp, (side, side))
+    arr = np.asarray(rgb, np.float32)[None, None, :] + (ramp * amp)[:, :, None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
 def render_scene(scene: dict[str, Any], size: int, rng: random.Random) -> Any:
-    """Draw ``scene`` as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels."""
+    """Draw ``scene`` as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels.
+
+    The drawing is randomised by ``rng`` (not by the record): supersampling factor 1-4
+    (1 = aliased edges) and the downsampling filter, background jitter and gradient, radius
+    jitter, colour jitter of every object, then optionally a slight blur or pixel noise.
+    """
     from PIL import Image, ImageDraw, ImageFilter
 
-    ss = rng.choice((1, 2, 3, 4))  # supersampling factor: 1 = aliased edges
+    ss = rng.choice((1, 2, 3, 4))
     side = size * ss
-    bg = _jitter(scene["bg_rgb"], rng, 10)
-    img = Image.new("RGB", (side, side), bg)
-    if rng.random() < 0.35:  # mild vertical gradient
-        arr = np.asarray(img, dtype=np.float32)
-        ramp = np.linspace(-1, 1, side, dtype=np.float32)[:, None, None] * rng.uniform(4, 18)
-        img = Image.fromarray(np.clip(arr + ramp, 0, 255).astype(np.uint8))
+    img = _paint_background(side, _jitter(scene["bg_rgb"], rng, 10), rng)
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
-        fill = _jitter(COLOURS[o["colour"]], rng, 14)
-        cx, cy, r = o["x"] * side, o["y"] * side, o["r"] * side * rng.uniform(0.95, 1.05)
+        fill = _jitter(COLOURS[o["colour"]], rng, 16)
+        cx, cy = o["x"] * side, o["y"] * side
+        r = o["r"] * side * rng.uniform(0.94, 1.06)
         if o["shape"] == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             draw.polygon(_polygon(o["shape"], cx, cy, r, o["rot"]), fill=fill)
     if ss > 1:
-        img = img.resize((size, size), rng.choice((Image.BOX, Image.BILINEAR, Image.LANCZOS)))
+        resample = rng.choice((Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS))
+        img = img.resize((size, size), resample)
     u = rng.random()
     if u < 0.15:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
     elif u < 0.35:
         arr = np.asarray(img, dtype=np.float32)
-        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(2, 7), arr.shape)
-        img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, rng.uniform(2.0, 7.0), arr.shape)
+        img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8), "RGB")
     return img
 
 
 # ----------------------------------------------------------------------------- meaning
+_ATTRS = ("colour", "shape", "size")
 
 
 def _obj_fits(desc: dict[str, Any], o: dict[str, Any]) -> bool:
-    return all(o[key] == desc[key] for key in ("colour", "shape", "size") if key in desc)
+    return all(o[k] == desc[k] for k in _ATTRS if k in desc)
 
 
 def caption_fits(meaning: dict[str, Any], scene: dict[str, Any]) -> bool:
-    """True when the caption meaning (see module docstring) is true of the scene record.
+    """True when the caption ``meaning`` is true of ``scene`` (rules in the module docstring).
 
-    Rules: a relation needs a pair scene whose two objects match the two described ones
-    in that relation (either order, relation inverted for the other order); a count needs
-    exactly that many matching objects; a place needs a single-object scene at that place;
-    otherwise every described object must match a distinct object of the scene.
+    ``scene`` is a scene record, or a ``captions.jsonl`` record holding it under ``"scene"``.
+    Pure: depends on nothing but its arguments.
     """
+    if "objects" not in scene and isinstance(scene.get("scene"), dict):
+        scene = scene["scene"]
     objs = scene["objects"]
-    descs = meaning.get("objects", [])
+    descs = meaning.get("objects") or []
     if "relation" in meaning:
-        if scene["kind"] != "pair" or len(descs) != 2:
+        if scene.get("kind") != "pair" or len(descs) != 2 or len(objs) != 2:
             return False
         a, b = objs
         rel, srel = meaning["relation"], scene["relation"]
-        direct = _obj_fits(descs[0], a) and _obj_fits(descs[1], b) and rel == srel
-        flipped = _obj_fits(descs[0], b) and _obj_fits(descs[1], a) and rel == INVERSE_RELATION[srel]
-        return direct or flipped
-    if "place" in meaning:
-        if scene["kind"] != "single" or meaning["place"] != scene["place"]:
-            return False
+        direct = rel == srel and _obj_fits(descs[0], a) and _obj_fits(descs[1], b)
+        inverse = rel == INVERSE_RELATION[srel] and _obj_fits(descs[0], b) and _obj_fits(descs[1], a)
+        return direct or inverse
+    if "place" in meaning and (scene.get("kind") != "single" or meaning["place"] != scene["place"]):
+        return False
     if "count" in meaning:
         return len(descs) == 1 and sum(_obj_fits(descs[0], o) for o in objs) == meaning["count"]
-    # every description matched by a distinct object (tiny bipartite check)
+    return _distinct_match(descs, objs)
+
+
+def _distinct_match(descs: list[dict[str, Any]], objs: list[dict[str, Any]]) -> bool:
+    """Every description matched by a different object (tiny bipartite search)."""
     used: set[int] = set()
 
     def assign(i: int) -> bool:
@@ -283,181 +369,136 @@ def caption_fits(meaning: dict[str, Any], scene: dict[str, Any]) -> bool:
     return assign(0)
 
 
-# ----------------------------------------------------------------------------- captions
-
-_SIZE_WORDS = {"large": ("large", "big", "large", "huge"), "small": ("small", "little", "tiny", "small")}
-_COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"gray": ("gray", "grey")}
+# ----------------------------------------------------------------------------- words
+_SIZE_WORDS = {"large": ("large", "big", "large", "big"), "small": ("small", "little", "tiny", "small")}
+_COLOUR_WORDS: dict[str, tuple[str, ...]] = {c: (c,) for c in COLOURS} | {"gray": ("gray", "grey")}
 _PLACE_WORDS = {
-    "left": ("on the left", "at the left", "on the left side", "in the left part of the image", "to the left"),
-    "right": ("on the right", "at the right", "on the right side", "in the right part of the image", "to the right"),
+    "left": ("on the left", "at the left", "on the left side", "in the left part of the picture", "on the left-hand side"),
+    "right": ("on the right", "at the right", "on the right side", "in the right part of the picture", "on the right-hand side"),
     "top": ("at the top", "near the top", "in the upper part", "at the top of the image", "up top"),
-    "bottom": ("at the bottom", "near the bottom", "in the lower part", "at the bottom of the image", "down below"),
+    "bottom": ("at the bottom", "near the bottom", "in the lower part", "at the bottom of the image", "down at the bottom"),
     "center": ("in the center", "in the centre", "in the middle", "at the center", "in the middle of the image"),
+}
+_PLACE_SHORT = {
+    "left": ("left",),
+    "right": ("right",),
+    "top": ("top",),
+    "bottom": ("bottom",),
+    "center": ("center", "centre", "middle"),
 }
 _REL_WORDS = {
     "left of": ("to the left of", "left of", "on the left of"),
     "right of": ("to the right of", "right of", "on the right of"),
     "above": ("above", "over", "higher than"),
-    "below": ("below", "under", "beneath", "underneath", "lower than"),
+    "below": ("below", "under", "beneath", "underneath"),
 }
 _COUNT_WORDS = {1: ("one", "a single", "1"), 2: ("two", "2", "a pair of"), 3: ("three", "3")}
+_THING_WORDS = ("shape", "object", "figure")
+# fillers only in front of noun phrases ("a picture of" + "a red circle on the left")
 _FILLERS = (
-    "", "", "", "", "a picture of ", "an image of ", "a photo of ", "a drawing of ",
-    "this image shows ", "we can see ", "there is ", "an illustration with ", "the picture contains ",
+    "", "", "", "", "", "a picture of ", "an image of ", "an image showing ", "a photo of ",
+    "a drawing of ", "there is ", "we can see ", "this image shows ", "here we have ",
+    "an illustration with ", "a render of ",
 )
+_PICKS = ("size0", "size1", "col0", "col1", "place", "rel", "count", "thing", "form", "filler")
 
 
-def _plural(shape: str) -> str:
-    return shape + ("es" if shape.endswith("ss") else "s")
+@dataclass(frozen=True)
+class CaptionStyle:
+    """Every random word choice of one caption, so a swapped caption can reuse them all."""
 
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-@dataclass
-class _Style:
-    """All random word choices of one caption, so a swapped caption can reuse them."""
-
-    template: int
-    picks: dict[str, int]
-    filler: str
+    picks: tuple[int, ...]
     capitalise: bool
     period: bool
 
     def pick(self, key: str, options: Sequence[str]) -> str:
-        return options[self.picks.get(key, 0) % len(options)]
+        return options[self.picks[_PICKS.index(key)] % len(options)]
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> CaptionStyle:
+        return cls(
+            picks=tuple(rng.randrange(1 << 16) for _ in _PICKS),
+            capitalise=rng.random() < 0.4,
+            period=rng.random() < 0.3,
+        )
 
 
-def _style(rng: random.Random, n_templates: int) -> _Style:
-    return _Style(
-        template=rng.randrange(n_templates),
-        picks={k: rng.randrange(1000) for k in ("size0", "size1", "col0", "col1", "place", "rel", "count", "det")},
-        filler=rng.choice(_FILLERS),
-        capitalise=rng.random() < 0.4,
-        period=rng.random() < 0.3,
-    )
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith(("s", "x")) else "s")
 
 
-def _np(desc: dict[str, Any], st: _Style, slot: int, plural: bool = False) -> str:
-    """Noun phrase without determiner: '[size] [colour] shape(s)'."""
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _noun(desc: dict[str, Any], st: CaptionStyle, slot: int, plural: bool = False) -> str:
+    """'[size] [colour] shape(s)' without determiner."""
     words = []
     if "size" in desc:
         words.append(st.pick(f"size{slot}", _SIZE_WORDS[desc["size"]]))
     if "colour" in desc:
         words.append(st.pick(f"col{slot}", _COLOUR_WORDS[desc["colour"]]))
-    if "shape" in desc:
-        words.append(_plural(desc["shape"]) if plural else desc["shape"])
-    else:
-        words.append("shapes" if plural else st.pick("det", ("shape", "object", "thing")))
+    noun = desc.get("shape") or st.pick("thing", _THING_WORDS)
+    words.append(_plural(noun) if plural else noun)
     return " ".join(words)
 
 
-def _det_np(desc: dict[str, Any], st: _Style, slot: int) -> str:
-    phrase = _np(desc, st, slot)
-    return f"{_article(phrase)} {phrase}"
+def _pick_form(
+    st: CaptionStyle, nps: Sequence[str], clauses: Sequence[str], plural: bool = False
+) -> str:
+    """One of the noun-phrase forms (with a filler) or of the clause forms."""
+    forms = [*nps, *clauses]
+    i = st.picks[_PICKS.index("form")] % len(forms)
+    if i >= len(nps):
+        return forms[i]
+    filler = st.pick("filler", _FILLERS)
+    return ("there are " if plural and filler == "there is " else filler) + forms[i]
 
 
-def realise(meaning: dict[str, Any], style: _Style) -> str:
-    """Write a meaning as an English caption with the word choices of ``style``."""
+def realise(meaning: dict[str, Any], style: CaptionStyle) -> str:
+    """Write a caption meaning (module docstring) in English with the choices of ``style``."""
     descs = meaning["objects"]
-    t = style.template
     if "relation" in meaning:
-        a, b = _det_np(descs[0], style, 0), _det_np(descs[1], style, 1)
+        a, b = _article(_noun(descs[0], style, 0)), _article(_noun(descs[1], style, 1))
         rel = style.pick("rel", _REL_WORDS[meaning["relation"]])
-        forms = (
-            f"{a} {rel} {b}",
-            f"{a} is {rel} {b}",
-            f"{a} placed {rel} {b}",
-            f"{rel} {b} there is {a}",
-            f"{a}, {rel} {b}",
-            f"{a} that is {rel} {b}",
+        text = _pick_form(
+            style,
+            (f"{a} {rel} {b}", f"{b} with {a} {rel} it", f"{a} placed {rel} {b}"),
+            (f"{a} is {rel} {b}", f"{rel} {b} there is {a}", f"{rel} {b} is {a}", f"{a} sits {rel} {b}"),
         )
-        text = forms[t % len(forms)]
     elif "count" in meaning:
         n = meaning["count"]
         cw = style.pick("count", _COUNT_WORDS[n])
-        phrase = _np(descs[0], style, 0, plural=n > 1)
-        forms = (
-            f"{cw} {phrase}",
-            f"there are {cw} {phrase}" if n > 1 else f"there is {cw} {phrase}",
-            f"{phrase}, {cw} of them" if n > 1 else f"{cw} {phrase}",
-            f"exactly {cw} {phrase}",
-            f"{cw} identical {phrase}" if n > 1 else f"just {cw} {phrase}",
+        noun = _noun(descs[0], style, 0, plural=n > 1)
+        be = "are" if n > 1 else "is"
+        exact = _COUNT_WORDS[n][0] if cw.startswith("a ") else cw
+        text = _pick_form(
+            style,
+            (f"{cw} {noun}", f"exactly {exact} {noun}", f"{cw} {noun} in the picture"),
+            (f"there {be} {cw} {noun}", f"{noun}: {n}", f"the image contains {cw} {noun}"),
+            plural=n > 1,
         )
-        text = forms[t % len(forms)]
     elif "place" in meaning:
-        obj = _det_np(descs[0], style, 0)
+        obj = _article(_noun(descs[0], style, 0))
         place = style.pick("place", _PLACE_WORDS[meaning["place"]])
-        forms = (
-            f"{obj} {place}",
-            f"{place} there is {obj}",
-            f"{place}, {obj}",
-            f"{obj} is {place}",
-            f"{obj} located {place}",
+        short = style.pick("place", _PLACE_SHORT[meaning["place"]])
+        text = _pick_form(
+            style,
+            (f"{obj} {place}", f"{obj} located {place}"),
+            (f"{obj} is {place}", f"{place} there is {obj}", f"{place}, {obj}", f"{short}: {_noun(descs[0], style, 0)}"),
         )
-        text = forms[t % len(forms)]
     else:
-        parts = [_det_np(d, style, i) for i, d in enumerate(descs)]
-        text = " and ".join(parts)
-    text = style.filler + text
+        parts = [_article(_noun(d, style, i)) for i, d in enumerate(descs)]
+        joined = " and ".join(parts)
+        text = _pick_form(style, (joined,), (f"{joined} can be seen", f"in this picture: {joined}"))
     if style.capitalise:
         text = text[0].upper() + text[1:]
-    if style.period:
-        text += "."
-    return text
+    return text + "." if style.period else text
 
 
-def _partial(meaning: dict[str, Any], rng: random.Random, scene: dict[str, Any]) -> dict[str, Any]:
-    """Drop some attributes, as people do when they describe only part of a scene."""
-    m = json.loads(json.dumps(meaning))
-    kind = scene["kind"]
-    if kind == "single":
-        choice = rng.randrange(5)
-        d = m["objects"][0]
-        if choice == 0:
-            d.pop("size", None)
-        elif choice == 1:
-            m.pop("place", None)
-        elif choice == 2:
-            d.pop("size", None)
-            m.pop("place", None)
-        elif choice == 3:
-            d.pop("colour", None)
-        else:
-            m.pop("place", None)
-            d.pop("colour", None)
-            d.pop("size", None)
-    elif kind == "pair":
-        choice = rng.randrange(4)
-        if choice == 0:
-            for d in m["objects"]:
-                d.pop("size", None)
-        elif choice == 1:  # only one of the two objects
-            m.pop("relation", None)
-            m["objects"] = [rng.choice(m["objects"])]
-            m["objects"][0].pop("size", None)
-        elif choice == 2:  # both objects, no relation
-            m.pop("relation", None)
-            for d in m["objects"]:
-                d.pop("size", None)
-        else:
-            for d in m["objects"]:
-                d.pop("size", None)
-            rng.choice(m["objects"]).pop("colour", None)
-    else:
-        choice = rng.randrange(3)
-        d = m["objects"][0]
-        d.pop("size", None)
-        if choice == 1:
-            d.pop("colour", None)
-        elif choice == 2:
-            m.pop("count", None)
-    return m
-
-
+# ----------------------------------------------------------------------------- captions
 def _full_meaning(scene: dict[str, Any]) -> dict[str, Any]:
-    objs = [{"colour": o["colour"], "shape": o["shape"], "size": o["size"]} for o in scene["objects"]]
+    objs = [{k: o[k] for k in _ATTRS} for o in scene["objects"]]
     if scene["kind"] == "single":
         return {"objects": objs, "place": scene["place"]}
     if scene["kind"] == "pair":
@@ -465,147 +506,243 @@ def _full_meaning(scene: dict[str, Any]) -> dict[str, Any]:
     return {"objects": [objs[0]], "count": len(objs)}
 
 
+def _drop(d: dict[str, Any], *keys: str) -> None:
+    for k in keys:
+        d.pop(k, None)
+
+
+def _partial(meaning: dict[str, Any], kind: str, rng: random.Random) -> dict[str, Any]:
+    """Leave out some attributes, as people do when they describe only part of a scene."""
+    m = copy.deepcopy(meaning)
+    d = m["objects"][0]
+    if kind == "single":
+        choice = rng.randrange(7)
+        if choice == 0:
+            _drop(d, "size")
+        elif choice == 1:
+            m.pop("place")
+        elif choice == 2:  # "a red circle"
+            _drop(d, "size")
+            m.pop("place")
+        elif choice == 3:  # "a large circle on the left"
+            _drop(d, "colour")
+        elif choice == 4:  # "a circle"
+            _drop(d, "colour", "size")
+            m.pop("place")
+        elif choice == 5:  # "a red shape on the left"
+            _drop(d, "shape", "size")
+        else:  # "one red circle"
+            _drop(d, "size")
+            m.pop("place")
+            m["count"] = 1
+    elif kind == "pair":
+        choice = rng.randrange(5)
+        for o in m["objects"]:
+            _drop(o, "size")
+        if choice == 1:  # one of the two objects
+            m.pop("relation")
+            m["objects"] = [rng.choice(m["objects"])]
+        elif choice == 2:  # both objects, no relation
+            m.pop("relation")
+        elif choice == 3:  # one colour left out
+            _drop(rng.choice(m["objects"]), "colour")
+        elif choice == 4:  # shapes only
+            for o in m["objects"]:
+                _drop(o, "colour")
+    else:
+        choice = rng.randrange(4)
+        _drop(d, "size")
+        if choice == 1:  # "two stars"
+            _drop(d, "colour")
+        elif choice == 2:  # "two red shapes"
+            _drop(d, "shape")
+        elif choice == 3:  # "a red star"
+            m.pop("count")
+    return m
+
+
 def _orient(meaning: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """Randomly describe a pair from the other object's point of view."""
+    """Describe a pair from either object's point of view (same meaning)."""
     if "relation" in meaning and rng.random() < 0.5:
         return {"objects": meaning["objects"][::-1], "relation": INVERSE_RELATION[meaning["relation"]]}
     return meaning
 
 
-def write_captions(scene: dict[str, Any], rng: random.Random, n: int = 5) -> tuple[list[str], list[dict[str, Any]], list[_Style]]:
-    """Five captions of a scene: the first names everything, the others vary and are often partial."""
+def write_captions(
+    scene: dict[str, Any], rng: random.Random, n: int = 5
+) -> tuple[list[str], list[dict[str, Any]], list[CaptionStyle]]:
+    """``n`` captions of ``scene``: texts, meanings and styles.
+
+    The first caption names everything (full meaning); the others are full or partial.
+    """
     texts, metas, styles = [], [], []
     for i in range(n):
         m = _full_meaning(scene)
         if i > 0 and rng.random() < 0.6:
-            m = _partial(m, rng, scene)
+            m = _partial(m, scene["kind"], rng)
         m = _orient(m, rng)
-        st = _style(rng, 6)
+        st = CaptionStyle.draw(rng)
         texts.append(realise(m, st))
         metas.append(m)
         styles.append(st)
     return texts, metas, styles
 
 
-def swap_negatives(meaning: dict[str, Any], scene: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
-    """Meanings that differ from ``meaning`` by exactly one attribute and are false of ``scene``.
+def swap_negatives(
+    meaning: dict[str, Any], scene: dict[str, Any], rng: random.Random
+) -> list[dict[str, Any]]:
+    """Meanings differing from ``meaning`` by exactly one attribute and false of ``scene``.
 
-    Swaps: one object's colour, one object's shape, the relation flipped, the count changed.
+    Swaps: each described object's colour and shape, the relation flipped, the count changed.
     """
     out: list[dict[str, Any]] = []
     for i, d in enumerate(meaning["objects"]):
-        if "colour" in d:
-            m = json.loads(json.dumps(meaning))
-            m["objects"][i]["colour"] = rng.choice([c for c in COLOURS if c != d["colour"]])
-            out.append(m)
-        if "shape" in d:
-            m = json.loads(json.dumps(meaning))
-            m["objects"][i]["shape"] = rng.choice([s for s in SHAPES if s != d["shape"]])
-            out.append(m)
+        for key, values in (("colour", tuple(COLOURS)), ("shape", SHAPES)):
+            if key in d:
+                m = copy.deepcopy(meaning)
+                m["objects"][i][key] = rng.choice([v for v in values if v != d[key]])
+                out.append(m)
     if "relation" in meaning:
-        m = json.loads(json.dumps(meaning))
+        m = copy.deepcopy(meaning)
         m["relation"] = INVERSE_RELATION[meaning["relation"]]
         out.append(m)
     if "count" in meaning:
-        m = json.loads(json.dumps(meaning))
-        m["count"] = {1: 2, 2: 3, 3: 2}[meaning["count"]]
+        m = copy.deepcopy(meaning)
+        m["count"] = rng.choice([c for c in COUNTS if c != meaning["count"]])
         out.append(m)
     return [m for m in out if not caption_fits(m, scene)]
 
 
 # ----------------------------------------------------------------------------- items
-
-
 @dataclass
 class SceneItem:
-    """One generated example: record, five captions with meanings, fine-grained negatives."""
+    """One generated example: record, captions with meanings, fine-grained negatives, PNG."""
 
     scene: dict[str, Any]
     captions: list[str]
     caption_meta: list[dict[str, Any]]
     negatives: list[str]
+    negatives_meta: list[dict[str, Any]]
     png: bytes
 
 
-def make_item(seed: int, index: int, size: int = 64) -> SceneItem:
-    """Generate example ``index`` of the stream ``seed`` (independent of workers and order)."""
-    rng = random.Random((seed * 1_000_003 + index) * 7919 + GENERATOR_VERSION)
+def _rng(seed: int, split: str, index: int) -> random.Random:
+    # a str seed is hashed with sha512 by random.Random: stable across runs and platforms
+    return random.Random(f"lexlens-scenes:{GENERATOR_VERSION}:{seed}:{split}:{index}")
+
+
+def make_item(seed: int, index: int, size: int = 64, split: str = "train") -> SceneItem:
+    """Example ``index`` of the stream ``(seed, split)``: independent of workers and order."""
+    rng = _rng(seed, split, index)
     scene = sample_scene(rng)
     captions, metas, styles = write_captions(scene, rng)
-    negs = [realise(m, styles[0]) for m in swap_negatives(metas[0], scene, rng)]
+    neg_meta, negs = [], []
+    for m in swap_negatives(metas[0], scene, rng):
+        text = realise(m, styles[0])
+        if text != captions[0] and text not in negs:
+            neg_meta.append(m)
+            negs.append(text)
     img = render_scene(scene, size, rng)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
-    return SceneItem(scene=scene, captions=captions, caption_meta=metas, negatives=negs, png=buf.getvalue())
+    return SceneItem(scene, captions, metas, negs, neg_meta, buf.getvalue())
 
 
-def _make_chunk(args: tuple[int, int, int, int]) -> list[SceneItem]:
-    seed, start, stop, size = args
-    return [make_item(seed, i, size) for i in range(start, stop)]
+def _make_chunk(job: tuple[int, str, int, int, int, str, int]) -> list[tuple[str, str, str, int]]:
+    """Worker: write the PNGs of ``[start, stop)``; return their two JSON lines, kind, #negatives."""
+    seed, split, start, stop, size, out, width = job
+    lines = []
+    for i in range(start, stop):
+        it = make_item(seed, i, size, split)
+        rel = f"images/{i:0{width}d}.png"
+        with open(os.path.join(out, rel), "wb") as f:
+            f.write(it.png)
+        cap = {"image": rel, "captions": it.captions, "scene": it.scene, "caption_meta": it.caption_meta}
+        fg = {"image": rel, "positive": it.captions[0], "negatives": it.negatives, "negatives_meta": it.negatives_meta}
+        lines.append((json.dumps(cap), json.dumps(fg), it.scene["kind"], len(it.negatives)))
+    return lines
 
 
 def generate_scenes(
     out_dir: str | Path,
     n: int,
-    seed: int,
+    seed: int = 0,
     size: int = 64,
     split: str = "train",
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``n`` scenes into ``out_dir`` (images/, captions.jsonl, fg.jsonl, dataset.json).
+    """Write ``n`` scenes into ``out_dir`` (layout in the module docstring); returns stats.
 
-    Deterministic per ``seed``: the output does not depend on ``workers``.
+    Deterministic per ``(seed, split)``: the bytes written do not depend on ``workers``
+    (default: all cores). ``captions.jsonl`` and ``fg.jsonl`` are in index order and are
+    replaced atomically at the end.
     """
-    import time
     from multiprocessing import get_context
 
     from lexlens.errors import UsageError
     from lexlens.progress import progress_bar
 
     if n <= 0:
-        raise UsageError("--n must be positive")
+        raise UsageError(f"the number of scenes must be positive, got {n}")
     if size < 16:
-        raise UsageError("--size must be at least 16 pixels")
+        raise UsageError(f"the image size must be at least 16 pixels, got {size}")
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"split must be train, val or test, got {split!r}")
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers or os.cpu_count() or 1)
-    chunk = 256
-    jobs = [(seed, a, min(n, a + chunk), size) for a in range(0, n, chunk)]
-    t0 = time.perf_counter()
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {out / 'images'}: {e.strerror}") from e
+    workers = max(1, min(workers or os.cpu_count() or 1, 64))
     width = max(6, len(str(n - 1)))
+    chunk = max(16, min(256, n // (workers * 8) or 16))
+    jobs = [(seed, split, a, min(n, a + chunk), size, str(out), width) for a in range(0, n, chunk)]
+    kinds = dict.fromkeys(KINDS, 0)
+    n_neg = 0
+    t0 = time.perf_counter()
     cap_tmp, fg_tmp = out / "captions.jsonl.tmp", out / "fg.jsonl.tmp"
-    with open(cap_tmp, "w") as fc, open(fg_tmp, "w") as ff, progress_bar(n, "scenes", "img", progress) as bar:
-        ctx = get_context("fork") if workers > 1 else None
-        pool = ctx.Pool(workers) if ctx else None
-        try:
-            results = pool.imap(_make_chunk, jobs) if pool else map(_make_chunk, jobs)
-            i = 0
-            for items in results:
-                for it in items:
-                    rel = f"images/{i:0{width}d}.png"
-                    (out / rel).write_bytes(it.png)
-                    fc.write(json.dumps({"image": rel, "captions": it.captions, "scene": it.scene, "caption_meta": it.caption_meta}) + "\n")
-                    ff.write(json.dumps({"image": rel, "positive": it.captions[0], "negatives": it.negatives}) + "\n")
-                    i += 1
-                bar.update(len(items))
-        finally:
-            if pool:
-                pool.close()
-                pool.join()
+    pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap(_make_chunk, jobs) if pool else map(_make_chunk, jobs)
+        with (
+            open(cap_tmp, "w") as fc,
+            open(fg_tmp, "w") as ff,
+            progress_bar(n, "scenes", "img", progress) as bar,
+        ):
+            for lines in results:
+                for cap, fg, kind, k in lines:
+                    fc.write(cap + "\n")
+                    ff.write(fg + "\n")
+                    kinds[kind] += 1
+                    n_neg += k
+                bar.update(len(lines))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     os.replace(cap_tmp, out / "captions.jsonl")
     os.replace(fg_tmp, out / "fg.jsonl")
     elapsed = time.perf_counter() - t0
-    stats = {
+    meta = {
         "name": "scenes",
         "n": n,
         "seed": seed,
         "size": size,
         "split": split,
         "generator_version": GENERATOR_VERSION,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {
+        **meta,
+        "out": str(out),
+        "workers": workers,
+        "kinds": kinds,
+        "fg_negatives": n_neg,
         "seconds": round(elapsed, 3),
         "images_per_second": round(n / max(elapsed, 1e-9), 1),
-        "out": str(out),
     }
-    (out / "dataset.json").write_text(json.dumps({k: v for k, v in stats.items() if k not in ("seconds", "images_per_second", "out")}, indent=2))
-    return stats
+
+
+#: alias of :func:`generate_scenes`
+generate = generate_scenes
