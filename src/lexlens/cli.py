@@ -87,37 +87,99 @@ def _run_models(a: ModelsArgs) -> int:
 class DataScenesArgs:
     out: str
     n: int
-    seed: int
+    seed: int = 0
     size: int = 64
     split: str = "train"
     workers: int | None = None
     json: bool = False
 
 
+@dataclass
+class DataInfoArgs:
+    path: str
+    split: str | None = None
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
+    json: bool = False
+
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """Options of every command that reads a dataset with ``lexlens.data.readers``."""
+    p.add_argument("--split", help="split to read (Karpathy: train, val, test, restval; a,b for several)")
+    p.add_argument("--image-column", help="CSV/Parquet column holding image paths")
+    p.add_argument("--caption-column", help="CSV/Parquet column holding captions")
+    p.add_argument("--images", dest="images_root", help="folder relative image paths start from")
+
+
 def _build_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="generate or inspect datasets")
-    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    s = dsub.add_parser("scenes", help="generate the synthetic scenes dataset (folder format)")
-    s.add_argument("out", help="output folder (images/, captions.jsonl, fg.jsonl)")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p.set_defaults(_make=lambda ns: ns, _run=lambda _: (p.print_help(), 2)[1])
+
+    s = dsub.add_parser(
+        "scenes",
+        help="generate the synthetic scenes dataset (folder format)",
+        description="Write OUT/images/*.png, captions.jsonl (5 captions, scene record, caption "
+        "meanings), fg.jsonl (fine-grained negatives) and dataset.json. Deterministic per "
+        "--seed and --split whatever --workers.",
+    )
+    s.add_argument("out", help="output folder")
     s.add_argument("--n", type=int, required=True, help="number of images")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--split", choices=["train", "val", "test"], default="train")
-    s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(
         _make=lambda ns: DataScenesArgs(
-            out=ns.out, n=ns.n, seed=ns.seed, size=ns.size, split=ns.split, workers=ns.workers, json=ns.json
+            ns.out, ns.n, ns.seed, ns.size, ns.split, ns.workers, ns.json
         ),
         _run=_run_data_scenes,
+    )
+
+    i = dsub.add_parser(
+        "info",
+        help="counts of any supported dataset",
+        description="Read a dataset (folder of images, captions.jsonl folder, .txt list, "
+        "CSV/Parquet, Karpathy JSON) and print its counts.",
+    )
+    i.add_argument("path", help="dataset folder or file")
+    _add_dataset_options(i)
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(
+        _make=lambda ns: DataInfoArgs(
+            ns.path, ns.split, ns.image_column, ns.caption_column, ns.images_root, ns.json
+        ),
+        _run=_run_data_info,
     )
 
 
 def _run_data_scenes(a: DataScenesArgs) -> int:
     from lexlens.data.scenes import generate_scenes
 
-    stats = generate_scenes(a.out, a.n, a.seed, size=a.size, split=a.split, workers=a.workers, progress=not a.json)
-    _emit(stats, a.json, lambda s: f"wrote {s['n']} scenes to {s['out']} ({s['images_per_second']} images/s)")
+    stats = generate_scenes(
+        a.out, a.n, a.seed, size=a.size, split=a.split, workers=a.workers, progress=not a.json
+    )
+    _emit(
+        stats,
+        a.json,
+        lambda s: f"wrote {s['n']} scenes ({s['size']}px, {s['split']}) to {s['out']} in "
+        f"{s['seconds']:.1f}s: {s['images_per_second']:.0f} images/s on {s['workers']} workers",
+    )
+    return 0
+
+
+def _run_data_info(a: DataInfoArgs) -> int:
+    from lexlens.data.readers import dataset_info, load_dataset
+
+    ds = load_dataset(a.path, a.split, a.image_column, a.caption_column, a.images_root)
+    info = dataset_info(ds)
+
+    def text(d: dict[str, Any]) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in d.items() if v is not None)
+
+    _emit(info, a.json, text)
     return 0
 
 

@@ -1,0 +1,426 @@
+"""Read any supported image(-text) dataset into one :class:`Dataset`.
+
+:func:`load_dataset` detects the format of ``path``:
+
+* a folder with ``captions.jsonl`` (the project's folder format, e.g. from
+  ``lexlens data scenes``): one JSON object a line, ``{"image": "images/000001.png",
+  "captions": [...], ...}``; other keys of a line become the image's record (the scenes
+  generator puts the scene record under ``"scene"`` and the caption meanings under
+  ``"caption_meta"``); ``fg.jsonl`` next to it is the fine-grained set;
+* a plain folder of images, searched recursively (jpg jpeg png webp gif bmp tif tiff),
+  sorted by relative path, no captions;
+* a ``.txt`` list of image paths, one a line (blank lines and ``#`` comments skipped);
+* a CSV or Parquet table with an image column (``--image-column``, or the first of
+  image, image_path, path, filepath, file_path, file, filename, file_name, img, url) and an
+  optional caption column (``--caption-column``, or caption, captions, text, sentence,
+  sentences, title, description); rows naming the same image are merged (one caption a
+  row is common); the other columns become the image's record;
+* a Karpathy split JSON (``dataset_flickr30k.json``, ``dataset_coco.json``):
+  ``{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}]}]}``; ``split``
+  selects train / val / test / restval (comma-separated for several);
+* a ``captions.jsonl`` file itself, or a single image file.
+
+Relative image paths are resolved against the dataset file's folder, or ``images_root``
+when given. Image paths in the result are absolute. Files are not opened here: unreadable
+images are skipped (and reported) when they are decoded. Every problem with the dataset
+itself is a :class:`lexlens.errors.DataError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lexlens.data.images import IMAGE_EXTENSIONS, is_image_file
+from lexlens.errors import DataError
+
+__all__ = ["Dataset", "load_dataset", "dataset_info", "IMAGE_COLUMNS", "CAPTION_COLUMNS"]
+
+IMAGE_COLUMNS = (
+    "image", "image_path", "path", "filepath", "file_path", "file", "filename", "file_name",
+    "img", "url",
+)
+CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "title", "description")
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
+
+@dataclass
+class Dataset:
+    """Images with their captions and metadata, in a fixed order.
+
+    ``image_paths[i]`` (absolute) has captions ``captions[i]`` (possibly empty) and record
+    ``records[i]`` (the user's metadata of that image: extra JSONL keys, other table
+    columns, Karpathy fields; ``None`` for formats without metadata). For scenes data,
+    ``records[i]["scene"]`` is the scene record and ``caption_meta[i]`` the structured
+    meanings of ``captions[i]`` (see :mod:`lexlens.data.scenes`). ``fg`` is the
+    fine-grained set (``{"image": absolute path, "positive", "negatives"}``) or ``None``.
+    """
+
+    root: Path
+    format: str
+    image_paths: list[str]
+    captions: list[list[str]]
+    records: list[dict[str, Any]] | None = None
+    caption_meta: list[list[dict[str, Any]]] | None = None
+    fg: list[dict[str, Any]] | None = None
+    split: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def images(self) -> list[str]:
+        """Alias of :attr:`image_paths`."""
+        return self.image_paths
+
+    @property
+    def scenes(self) -> list[dict[str, Any]] | None:
+        """The scene record of every image, or ``None`` unless every image has one."""
+        if not self.records or any(not isinstance(r.get("scene"), dict) for r in self.records):
+            return None
+        return [r["scene"] for r in self.records]
+
+
+# ----------------------------------------------------------------------------- entry point
+def load_dataset(
+    path: str | os.PathLike[str],
+    split: str | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_root: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Read the dataset at ``path`` (format detected as in the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory")
+    root = Path(images_root) if images_root is not None else None
+    if root is not None and not root.is_dir():
+        raise DataError(f"images root {root} is not a folder")
+    if p.is_dir():
+        if (p / "captions.jsonl").is_file():
+            ds = _read_jsonl_folder(p / "captions.jsonl", root)
+        else:
+            ds = _read_image_folder(p)
+    else:
+        suffix = p.suffix.lower()
+        if suffix == ".jsonl":
+            ds = _read_jsonl_folder(p, root)
+        elif suffix == ".json":
+            return _read_karpathy(p, split, root)
+        elif suffix in (".csv", ".tsv", ".parquet", ".pq"):
+            ds = _read_table(p, image_column, caption_column, root)
+        elif suffix in (".txt", ".lst"):
+            ds = _read_list(p, root)
+        elif is_image_file(p):
+            ds = Dataset(p.parent.resolve(), "image", [str(p.resolve())], [[]])
+        else:
+            raise DataError(
+                f"{p}: unknown dataset format (expected a folder, .jsonl, .json (Karpathy), "
+                ".csv, .parquet, .txt or an image)"
+            )
+    return _select_split(ds, split)
+
+
+def _select_split(ds: Dataset, split: str | None) -> Dataset:
+    """Keep the images whose record's ``split`` is ``split`` (a dataset.json split counts)."""
+    if split is None:
+        return ds
+    wanted = {s.strip() for s in split.split(",") if s.strip()}
+    recs = ds.records
+    if recs and all("split" in r for r in recs):
+        keep = [i for i, r in enumerate(recs) if str(r["split"]) in wanted]
+        if not keep:
+            have = sorted({str(r["split"]) for r in recs})
+            raise DataError(f"{ds.root}: no images in split {split!r} (splits: {', '.join(have)})")
+        return _subset(ds, keep, split)
+    if ds.split is not None:
+        if ds.split not in wanted:
+            raise DataError(f"{ds.root}: this dataset is the {ds.split!r} split, not {split!r}")
+        return ds
+    raise DataError(f"{ds.root}: this {ds.format} dataset has no splits (asked for {split!r})")
+
+
+def _subset(ds: Dataset, keep: list[int], split: str) -> Dataset:
+    paths = [ds.image_paths[i] for i in keep]
+    kept = set(paths)
+    return Dataset(
+        root=ds.root,
+        format=ds.format,
+        image_paths=paths,
+        captions=[ds.captions[i] for i in keep],
+        records=None if ds.records is None else [ds.records[i] for i in keep],
+        caption_meta=None if ds.caption_meta is None else [ds.caption_meta[i] for i in keep],
+        fg=None if ds.fg is None else [f for f in ds.fg if f["image"] in kept],
+        split=split,
+    )
+
+
+def _resolve(name: str, base: Path) -> str:
+    if name.startswith(("http://", "https://", "s3://", "gs://")):
+        raise DataError(f"{name}: remote images are not supported; give local file paths")
+    q = Path(os.path.expanduser(name))
+    return os.path.abspath(q if q.is_absolute() else base / q)
+
+
+# ----------------------------------------------------------------------------- folders
+def _read_image_folder(folder: Path) -> Dataset:
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(
+            os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)
+        )
+    if not found:
+        raise DataError(f"{folder}: no images found (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    root = folder.resolve()
+    paths = sorted((os.path.abspath(f) for f in found), key=lambda f: os.path.relpath(f, root))
+    return Dataset(root, "folder", paths, [[] for _ in paths])
+
+
+def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{no}: expected a JSON object")
+                yield no, obj
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _captions_of(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(c, str) for c in value):
+        return list(value)
+    raise DataError(f"{where}: captions must be a string or a list of strings")
+
+
+def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
+    folder = path.parent.resolve()
+    base = images_root or folder
+    paths: list[str] = []
+    captions: list[list[str]] = []
+    records: list[dict[str, Any]] = []
+    metas: list[list[dict[str, Any]] | None] = []
+    for no, obj in _json_lines(path):
+        image = obj.get("image", obj.get("path"))
+        if not isinstance(image, str) or not image:
+            raise DataError(f"{path}:{no}: missing the \"image\" path")
+        caps = _captions_of(obj.get("captions", obj.get("caption")), f"{path}:{no}")
+        meta = obj.get("caption_meta")
+        if meta is not None and (not isinstance(meta, list) or len(meta) != len(caps)):
+            raise DataError(f"{path}:{no}: caption_meta must have one entry per caption")
+        paths.append(_resolve(image, base))
+        captions.append(caps)
+        metas.append(meta)
+        records.append({k: v for k, v in obj.items() if k not in ("image", "path", "captions", "caption", "caption_meta")})
+    if not paths:
+        raise DataError(f"{path}: no images listed")
+    split = None
+    info = folder / "dataset.json"
+    if info.is_file():
+        try:
+            split = json.loads(info.read_text()).get("split")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            split = None
+    fg = _read_fg(folder / "fg.jsonl", base) if path.name == "captions.jsonl" else None
+    return Dataset(
+        root=folder,
+        format="jsonl",
+        image_paths=paths,
+        captions=captions,
+        records=records,
+        caption_meta=None if any(m is None for m in metas) else metas,  # type: ignore[misc]
+        fg=fg,
+        split=split,
+    )
+
+
+def _read_fg(path: Path, base: Path) -> list[dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    out = []
+    for no, obj in _json_lines(path):
+        if not isinstance(obj.get("image"), str) or not isinstance(obj.get("positive"), str):
+            raise DataError(f"{path}:{no}: needs \"image\" and \"positive\"")
+        negs = obj.get("negatives")
+        if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
+            raise DataError(f"{path}:{no}: \"negatives\" must be a list of strings")
+        out.append({**obj, "image": _resolve(obj["image"], base)})
+    return out
+
+
+def _read_list(path: Path, images_root: Path | None) -> Dataset:
+    base = images_root or path.parent.resolve()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the list of images ({e})") from None
+    paths = [_resolve(s.strip(), base) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if not paths:
+        raise DataError(f"{path}: the list of images is empty")
+    return Dataset(path.parent.resolve(), "list", paths, [[] for _ in paths])
+
+
+# ----------------------------------------------------------------------------- tables
+def _read_table_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pcsv
+
+            opts = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            table = pcsv.read_csv(path, parse_options=opts)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read the table ({first})") from None
+    return table.to_pylist()
+
+
+def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"{path}: no {what} column {given!r} (columns: {', '.join(columns)})")
+        return given
+    lower = {c.lower(): c for c in columns}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def _table_captions(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("[") and s.endswith("]"):
+            try:
+                return _captions_of(json.loads(s), where)
+            except (json.JSONDecodeError, DataError):
+                pass
+        return [value] if s else []
+    return _captions_of(value, where)
+
+
+def _read_table(path: Path, image_column: str | None, caption_column: str | None, images_root: Path | None) -> Dataset:
+    rows = _read_table_rows(path)
+    if not rows:
+        raise DataError(f"{path}: the table has no rows")
+    columns = list(rows[0])
+    img_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path)
+    if img_col is None:
+        raise DataError(
+            f"{path}: no image column (columns: {', '.join(columns)}); pass --image-column"
+        )
+    cap_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
+    base = images_root or path.parent.resolve()
+    position: dict[str, int] = {}
+    paths: list[str] = []
+    captions: list[list[str]] = []
+    records: list[dict[str, Any]] = []
+    for no, row in enumerate(rows, 2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+        name = row.get(img_col)
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path}: row {no} has no image path in column {img_col!r}")
+        full = _resolve(name.strip(), base)
+        caps = _table_captions(row.get(cap_col), f"{path}: row {no}") if cap_col else []
+        i = position.get(full)
+        if i is None:
+            position[full] = len(paths)
+            paths.append(full)
+            captions.append(list(caps))
+            records.append({k: v for k, v in row.items() if k not in (img_col, cap_col)})
+        else:
+            captions[i].extend(c for c in caps if c not in captions[i])
+    return Dataset(path.parent.resolve(), "table", paths, captions, records)
+
+
+# ----------------------------------------------------------------------------- Karpathy
+def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> Dataset:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(f"{path}: not a Karpathy split file (expected {{\"images\": [...]}})")
+    wanted = None
+    if split is not None:
+        wanted = {s.strip() for s in split.split(",") if s.strip()}
+        unknown = wanted - set(KARPATHY_SPLITS)
+        if unknown:
+            raise DataError(f"unknown split {', '.join(sorted(unknown))} (expected {', '.join(KARPATHY_SPLITS)})")
+    base = images_root or _karpathy_root(path, images)
+    paths, captions, records = [], [], []
+    for no, im in enumerate(images):
+        if not isinstance(im, dict) or not isinstance(im.get("filename"), str):
+            raise DataError(f"{path}: images[{no}] has no \"filename\"")
+        if wanted is not None and im.get("split") not in wanted:
+            continue
+        rel = os.path.join(im.get("filepath") or "", im["filename"])
+        sents = im.get("sentences") or []
+        caps = [s["raw"] if isinstance(s, dict) else str(s) for s in sents]
+        paths.append(_resolve(rel, base))
+        captions.append([str(c).strip() for c in caps])
+        records.append({k: v for k, v in im.items() if k not in ("sentences", "sentids", "filename", "filepath")})
+    if not paths:
+        have = sorted({str(im.get("split")) for im in images if isinstance(im, dict)})
+        raise DataError(f"{path}: no images in split {split!r} (splits: {', '.join(have)})")
+    return Dataset(path.parent.resolve(), "karpathy", paths, captions, records, split=split)
+
+
+def _karpathy_root(path: Path, images: list[Any]) -> Path:
+    """The folder the image files are under: next to the JSON, or a usual subfolder."""
+    folder = path.parent.resolve()
+    first = next((im for im in images if isinstance(im, dict) and "filename" in im), None)
+    if first is None:
+        return folder
+    rel = os.path.join(first.get("filepath") or "", first["filename"])
+    for cand in (folder, folder / "images", folder / "flickr30k-images", folder / "Images"):
+        if (cand / rel).is_file():
+            return cand
+    return folder
+
+
+# ----------------------------------------------------------------------------- info
+def dataset_info(ds: Dataset, check_files: bool = True) -> dict[str, Any]:
+    """Counts of a dataset (images, captions, fine-grained items, scene kinds, missing files)."""
+    n_caps = [len(c) for c in ds.captions]
+    info: dict[str, Any] = {
+        "root": str(ds.root),
+        "format": ds.format,
+        "split": ds.split,
+        "images": len(ds),
+        "captions": sum(n_caps),
+        "captions_per_image": {"min": min(n_caps), "max": max(n_caps)} if n_caps else None,
+        "images_without_captions": sum(1 for n in n_caps if n == 0),
+        "caption_meanings": ds.caption_meta is not None,
+    }
+    scenes = ds.scenes
+    if scenes is not None:
+        kinds: dict[str, int] = {}
+        for s in scenes:
+            kinds[str(s.get("kind"))] = kinds.get(str(s.get("kind")), 0) + 1
+        info["scene_kinds"] = kinds
+    if ds.fg is not None:
+        info["fg_items"] = len(ds.fg)
+        info["fg_negatives"] = sum(len(f["negatives"]) for f in ds.fg)
+    if check_files:
+        info["missing_files"] = sum(1 for p in ds.image_paths if not os.path.isfile(p))
+    return info
