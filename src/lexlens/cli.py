@@ -630,8 +630,61 @@ def _build_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and memory benchmarks")
     bench_sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
     # one builder per benchmark: `encode` (issue #2), `search` (issue #3)
+    _build_bench_encode(bench_sub)
     _build_bench_search(bench_sub)
     p.set_defaults(_make=lambda ns: ns, _run=lambda _: (p.print_help(), 2)[1])
+
+
+@dataclass
+class BenchEncodeArgs:
+    model: str
+    data: str
+    n: int = 1000
+    batch_size: int = 64
+    workers: int | None = None
+    split: str | None = None
+    json: bool = False
+
+
+def _build_bench_encode(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "encode",
+        help="images/s of decoding+preprocessing, model forward and end to end",
+        description="On the same N images of a dataset, in one run: images per second of "
+        "decoding+preprocessing alone (worker processes), of the model forward alone (on the "
+        "preprocessed arrays) and of both together.",
+    )
+    p.add_argument("--model", required=True, help="model spec, e.g. native:scenes-mini")
+    p.add_argument("--data", required=True, help="any dataset lexlens reads (folder, list, CSV, ...)")
+    p.add_argument("--n", type=int, default=1000, help="images used (the first N; default 1000)")
+    p.add_argument("--batch-size", type=int, default=64, help="forward batch size (default 64)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--split", help="dataset split to read")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(
+        _make=lambda ns: BenchEncodeArgs(
+            ns.model, ns.data, ns.n, ns.batch_size, ns.workers, ns.split, ns.json
+        ),
+        _run=_run_bench_encode,
+    )
+
+
+def _run_bench_encode(a: BenchEncodeArgs) -> int:
+    from lexlens.data.readers import load_dataset
+    from lexlens.errors import UsageError
+    from lexlens.eval.bench_encode import bench_encode, format_bench_encode
+    from lexlens.models.registry import load_encoder
+
+    if a.n <= 0:
+        raise UsageError(f"--n must be positive, got {a.n}")
+    paths = load_dataset(a.data, split=a.split).image_paths[: a.n]
+    encoder = load_encoder(a.model)
+    log = None if a.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    result = bench_encode(
+        encoder, paths, batch_size=a.batch_size, workers=a.workers, progress=not a.json, log=log
+    )
+    _emit(result, a.json, format_bench_encode)
+    return 0
 
 
 @dataclass
