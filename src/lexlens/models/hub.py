@@ -13,7 +13,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DOWNLOADS_ENV", "downloads_allowed", "hub_access", "cached_hub_file", "offline_hint"]
+from lexlens.errors import ModelNotAvailableError
+
+__all__ = [
+    "DOWNLOADS_ENV",
+    "downloads_allowed",
+    "hub_access",
+    "cached_hub_file",
+    "offline_hint",
+    "one_line",
+    "load_error",
+]
 
 #: set to 1 to let the model backends download weights
 DOWNLOADS_ENV = "LEXLENS_ALLOW_DOWNLOADS"
@@ -71,3 +81,19 @@ def cached_hub_file(repo_id: str, filename: str) -> str | None:
 def offline_hint() -> str:
     """The end of every 'not cached' message: how to allow downloads where there is a network."""
     return f"(or set {DOWNLOADS_ENV}=1 on a machine with a network)"
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by a library."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_error(spec: str, e: BaseException) -> ModelNotAvailableError:
+    """The one-line error for a library failure while loading ``spec``.
+
+    File errors (OSError: missing files, no cache entry, no connection) get the download hint
+    when downloads are off.
+    """
+    hint = f" {offline_hint()}" if isinstance(e, OSError) and not downloads_allowed() else ""
+    return ModelNotAvailableError(f"cannot load {spec}: {one_line(e)}{hint}")
