@@ -775,9 +775,78 @@ def _run_bench_search(a: BenchSearchArgs) -> int:
 
 
 # ----------------------------------------------------------------------------- serve (issue #7)
+@dataclass
+class ServeArgs:
+    indexes: list[str]
+    names: list[str] | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_upload_mb: float = 16.0
+    max_pixels: int = 40_000_000
+    log_level: str = "info"
+    json: bool = False
+
+
 def _build_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("serve", 7))
+    p.add_argument("indexes", nargs="+", metavar="IDX", help="index folders to serve")
+    p.add_argument(
+        "--name", action="append", dest="names", help="name of each IDX, in order (default: folder name)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument(
+        "--api-key", help="key for the write routes (header X-API-Key); default $LEXLENS_API_KEY"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest image upload (413 above)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--json", action="store_true", help="print the address as a JSON line when ready")
+    p.set_defaults(
+        _make=lambda ns: ServeArgs(
+            ns.indexes,
+            ns.names,
+            ns.host,
+            ns.port,
+            ns.api_key,
+            ns.max_upload_mb,
+            ns.max_pixels,
+            ns.log_level,
+            ns.json,
+        ),
+        _run=_run_serve,
+    )
+
+
+def _serve_announce(as_json: bool, names: list[str] | None = None) -> Callable[[str], None]:
+    def announce(url: str) -> None:
+        if as_json:
+            print(json.dumps({"url": url, "indexes": names}), flush=True)
+        else:
+            print(f"Serving on {url} (Ctrl-C to stop)", flush=True)
+
+    return announce
+
+
+def _run_serve(a: ServeArgs) -> int:
+    import os
+
+    from lexlens.errors import UsageError
+    from lexlens.server.app import API_KEY_ENV, Limits
+    from lexlens.server.run import ServeConfig, serve_indexes
+
+    if a.max_upload_mb <= 0 or a.max_pixels <= 0 or not 0 <= a.port <= 65535:
+        raise UsageError("--max-upload-mb and --max-pixels must be positive, --port 0..65535")
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
+        limits=Limits(max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), max_image_pixels=a.max_pixels),
+        log_level=a.log_level,
+    )
+    serve_indexes(a.indexes, a.names, cfg, _serve_announce(a.json, a.names or a.indexes))
+    return 0
 
 
 # ----------------------------------------------------------------------------- demo (issue #4)
