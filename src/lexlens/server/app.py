@@ -252,8 +252,23 @@ class _Guard:
                         raise _BodyTooLarge(self.limit)
                 return message
 
+            app_receive: Any = receive_limited
+            ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if ctype.lower().startswith(b"multipart/form-data"):
+                # read the whole (limited) form first: its text fields must be UTF-8
+                try:
+                    body = await _read_body(receive_limited)
+                except _BodyTooLarge:
+                    await too_large()
+                    return
+                bad = _non_utf8_field(ctype, body)
+                if bad is not None:
+                    resp = _error(400, f"form field {bad!r} is not valid UTF-8 text")
+                    await resp(scope, receive, send_wrapped)
+                    return
+                app_receive = _replay(body)
             try:
-                await self.app(scope, receive_limited, send_wrapped)
+                await self.app(scope, app_receive, send_wrapped)
             except _BodyTooLarge:
                 if started[0]:
                     raise
@@ -262,6 +277,55 @@ class _Guard:
             self.metrics.observe_request(
                 scope.get("method", "?"), self._route(scope), status[0], time.perf_counter() - t0
             )
+
+
+async def _read_body(receive: Any) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(parts)
+
+
+def _replay(body: bytes) -> Any:
+    sent = [False]
+
+    async def receive() -> dict[str, Any]:
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _non_utf8_field(content_type: bytes, body: bytes) -> str | None:
+    """The name of the first non-file field of a multipart form that is not UTF-8, if any
+    (Starlette would silently read it as Latin-1)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    try:
+        msg = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type + b"\r\n\r\n" + body
+        )
+    except Exception:  # a malformed form: the form parser reports it
+        return None
+    if not msg.is_multipart():
+        return None
+    for part in msg.iter_parts():
+        if part.get_filename() is not None:
+            continue
+        data = part.get_payload(decode=True) or b""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return str(part.get_param("name", header="content-disposition") or "?")
+    return None
 
 
 # ----------------------------------------------------------------------------- the app
