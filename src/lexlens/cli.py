@@ -857,6 +857,8 @@ class DemoArgs:
     model: str = "native:scenes-mini"
     k: int = 5
     json: bool = False
+    serve: bool = True
+    port: int = 8000
 
 
 def _build_demo(sub: argparse._SubParsersAction) -> None:
@@ -866,7 +868,17 @@ def _build_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="native:scenes-mini", help="model spec")
     p.add_argument("--k", type=int, default=5, help="results shown per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(_make=lambda ns: DemoArgs(ns.out, ns.n, ns.model, ns.k, ns.json), _run=_run_demo)
+    p.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then serve the demo index (API + web page) on 127.0.0.1 until Ctrl-C",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port of --serve")
+    p.set_defaults(
+        _make=lambda ns: DemoArgs(ns.out, ns.n, ns.model, ns.k, ns.json, ns.serve, ns.port),
+        _run=_run_demo,
+    )
 
 
 def _run_demo(a: DemoArgs) -> int:
@@ -874,6 +886,11 @@ def _run_demo(a: DemoArgs) -> int:
 
     report = run_demo(a.out, n=a.n, model=a.model, k=a.k, progress=not a.json)
     _emit(report, a.json, lambda r: r.text)
+    if a.serve:
+        from lexlens.server.run import ServeConfig, serve_indexes
+
+        cfg = ServeConfig(host="127.0.0.1", port=a.port, log_level="warning")
+        serve_indexes([report.index], ["scenes"], cfg, _serve_announce(a.json, ["scenes"]))
     return 0
 
 

@@ -124,3 +124,36 @@ def test_serve_argument_errors(built, capsys):
     assert main(["serve", str(built[0]), "--max-upload-mb", "0"]) == 2
     assert main(["serve", "/no/such/index"]) != 0
     assert capsys.readouterr().err.startswith("lexlens: error:")
+
+
+@pytest.mark.timeout(120)
+def test_demo_ends_serving_the_demo_index(tmp_path):
+    import requests
+
+    args = ["demo", "--out", str(tmp_path / "demo"), "--n", "12", "--model", "test:fake"]
+    proc = _start([*args, "--port", "0"])
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Serving on "):
+                break
+        assert lines and lines[-1].startswith("Serving on http://127.0.0.1:"), "".join(lines)
+        assert lines[-1].rstrip().endswith("(Ctrl-C to stop)")
+        url = lines[-1].split()[2]
+        assert requests.get(f"{url}/health", timeout=10).json()["indexes"] == ["scenes"]
+        assert requests.get(f"{url}/indexes/scenes", timeout=10).json()["count"] == 12
+        page = requests.get(f"{url}/", timeout=10)
+        assert page.status_code == 200 and "<title>lexlens search</title>" in page.text
+    finally:
+        _stop(proc)
+    # --no-serve returns after the searches
+    from subprocess import run
+
+    done = run(
+        [sys.executable, "-c", BOOT, *args, "--no-serve"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0 and "Serving on" not in done.stdout
