@@ -68,6 +68,7 @@ def driver(tmp_path_factory):
 
 
 def _wait_first(driver, expected_id: int, timeout: float = 20) -> list:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -75,7 +76,9 @@ def _wait_first(driver, expected_id: int, timeout: float = 20) -> list:
         hits = d.find_elements(By.CSS_SELECTOR, "#results .hit")
         return hits if hits and hits[0].get_attribute("data-id") == str(expected_id) else False
 
-    return WebDriverWait(driver, timeout).until(first)
+    # the grid may be re-rendered between finding a card and reading it: poll again then
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(first)
 
 
 def test_page_text_upload_drop_click_cutoff(driver, built, tmp_path):

@@ -302,6 +302,7 @@ class Backend:
             raise UsageError("the embedding must be a non-empty list of finite numbers")
         if not np.any(vec):
             raise UsageError("the embedding is all zeros")
+        vec = vec / np.abs(vec).max()  # scale is irrelevant (cosine); keeps huge values in float32
         return self._search(name, Query(embedding=vec.astype(np.float32)), **opts)
 
     def _search(

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, hits: [], busy: false, cutoffTouched: false };
+const state = { file: null, hits: [], busy: false, cutoffTouched: false, seq: 0 };
 
 function setError(message) {
   $("error").hidden = !message;
@@ -154,26 +154,32 @@ function describe(res) {
     `(encode ${t.encode.toFixed(1)}, search ${t.search.toFixed(1)}, metadata ${t.metadata.toFixed(1)})`;
 }
 
+// Answers can arrive out of order: only the latest request's answer is shown.
 async function run(request) {
+  const seq = ++state.seq;
   setError("");
   state.busy = true;
   $("status").textContent = "searching…";
   document.body.classList.add("busy");
   try {
     const res = await request();
+    if (seq !== state.seq) return;
     state.hits = res.hits;
     state.description = describe(res);
     fitCutoff();
     render();
   } catch (e) {
+    if (seq !== state.seq) return;
     state.hits = [];
     state.description = "";
     render();
     $("status").textContent = "";
     setError(e.message);
   } finally {
-    state.busy = false;
-    document.body.classList.remove("busy");
+    if (seq === state.seq) {
+      state.busy = false;
+      document.body.classList.remove("busy");
+    }
   }
 }
 
