@@ -235,3 +235,27 @@ def test_openapi_schema_lists_the_routes(client):
     ):
         assert p in paths, p
     assert "delete" in paths["/items"] and "post" in paths["/items"]
+
+
+def test_picks_up_a_generation_published_by_another_writer(tmp_path, built, monkeypatch):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from lexlens.index.index import Index
+    from lexlens.server import backend as backend_mod
+    from lexlens.server.app import create_app
+    from lexlens.server.backend import Backend
+
+    monkeypatch.setattr(backend_mod, "REFRESH_SECONDS", 0.0)
+    shutil.copytree(built[0], tmp_path / "idx")
+    c = TestClient(create_app(Backend.open([tmp_path / "idx"], encoder=FakeEncoder())))
+    assert c.get("/indexes/idx").json()["count"] == 36
+    new = tmp_path / "yellow.png"
+    Image.new("RGB", (6, 6), (250, 240, 10)).save(new)
+    Index.open(tmp_path / "idx", model=FakeEncoder()).add(
+        [str(new)], progress=False
+    )  # "lexlens index add"
+    assert c.get("/indexes/idx").json()["count"] == 37
+    with open(new, "rb") as f:
+        hit = c.post("/search/upload", files={"image": ("y.png", f, "image/png")}).json()["hits"][0]
+    assert hit["path"] == str(new) and hit["score"] == pytest.approx(1.0, abs=1e-5)

@@ -39,10 +39,12 @@ if TYPE_CHECKING:
     from lexlens.index.index import Index
     from lexlens.search import Hit, Query
 
-__all__ = ["Backend", "SearchOutcome", "TimedEncoder", "STAGES", "jsonable"]
+__all__ = ["Backend", "SearchOutcome", "TimedEncoder", "STAGES", "REFRESH_SECONDS", "jsonable"]
 
 #: the stages timed for each search, in pipeline order
 STAGES = ("encode", "search", "metadata")
+#: how often (seconds) an index checks for a generation published by another process
+REFRESH_SECONDS = 1.0
 
 _clock = threading.local()
 
@@ -171,6 +173,7 @@ class Backend:
             raise UsageError("serve at least one index")
         self._indexes: dict[str, Index] = dict(indexes)
         self._write_lock = threading.Lock()
+        self._checked: dict[str, float] = {}
 
     # ------------------------------------------------------------------------ opening
     @classmethod
@@ -219,12 +222,19 @@ class Backend:
         return list(self._indexes)
 
     def get(self, name: str | None) -> Index:
-        """The index called ``name`` (``None``: the first one); :class:`NotFoundError` if unknown."""
-        if name is None:
-            return next(iter(self._indexes.values()))
-        idx = self._indexes.get(name)
+        """The index called ``name`` (``None``: the first one); :class:`NotFoundError` if unknown.
+
+        At most once a second per index, a generation published meanwhile by another process
+        (``lexlens index add`` while serving) is picked up.
+        """
+        key = self.names[0] if name is None else name
+        idx = self._indexes.get(key)
         if idx is None:
             raise NotFoundError(f"no index named {name!r}; served: {', '.join(self._indexes)}")
+        now = time.monotonic()
+        if now - self._checked.get(key, 0.0) >= REFRESH_SECONDS:
+            self._checked[key] = now
+            idx.refresh()
         return idx
 
     def resolve(self, name: str | None) -> str:
@@ -235,7 +245,6 @@ class Backend:
     def info(self, name: str | None = None) -> dict[str, Any]:
         """Facts about one index (``lexlens index info``) plus its served name."""
         idx = self.get(name)
-        idx.refresh()
         return {"name": self.resolve(name), **jsonable(idx.info())}
 
     def summaries(self) -> list[dict[str, Any]]:
