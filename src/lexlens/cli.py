@@ -792,17 +792,28 @@ def _build_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page")
     p.add_argument("indexes", nargs="+", metavar="IDX", help="index folders to serve")
     p.add_argument(
-        "--name", action="append", dest="names", help="name of each IDX, in order (default: folder name)"
+        "--name",
+        action="append",
+        dest="names",
+        help="name of each IDX, in order (default: folder name)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --api-key)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (non-loopback needs --api-key)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     p.add_argument(
         "--api-key", help="key for the write routes (header X-API-Key); default $LEXLENS_API_KEY"
     )
-    p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest image upload (413 above)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=16.0, help="largest image upload (413 above)"
+    )
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--json", action="store_true", help="print the address as a JSON line when ready")
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the address as a JSON line when ready"
+    )
     p.set_defaults(
         _make=lambda ns: ServeArgs(
             ns.indexes,
@@ -842,7 +853,9 @@ def _run_serve(a: ServeArgs) -> int:
         host=a.host,
         port=a.port,
         api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
-        limits=Limits(max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), max_image_pixels=a.max_pixels),
+        limits=Limits(
+            max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), max_image_pixels=a.max_pixels
+        ),
         log_level=a.log_level,
     )
     serve_indexes(a.indexes, a.names, cfg, _serve_announce(a.json, a.names or a.indexes))
