@@ -632,16 +632,27 @@ def encode_gallery(
         cache = Path(cache_dir) / f"vectors-{hashlib.sha1(tag.encode()).hexdigest()[:12]}.npz"
         if cache.is_file():
             return _load_gallery(cache)
-    images, captions, source = _gallery_source(data, n_items, seed, progress)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(captions), size=min(n_queries, len(captions)), replace=False)
-    texts = [captions[i] for i in pick]
-    dense = encoder.encode_images(images, batch_size=batch_size, progress=progress)
-    qd = encoder.encode_texts(texts, progress=progress)
-    sparse = qs = None
-    if lexical:
-        sparse = encoder.encode_images_lexical(images, batch_size=batch_size, progress=progress)
-        qs = encoder.encode_texts_lexical(texts, progress=progress)
+    tmp = None
+    if data is None:
+        from lexlens.data.scenes import generate_scenes
+
+        tmp = Path(tempfile.mkdtemp(prefix="lexlens-bench-scenes-"))
+        generate_scenes(tmp, n=n_items, seed=seed, split="test", progress=progress)
+    try:
+        images, captions = _read_gallery(str(tmp) if tmp else str(data), n_items)
+        source = f"generated scenes (seed {seed})" if tmp else str(data)
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(captions), size=min(n_queries, len(captions)), replace=False)
+        texts = [captions[i] for i in pick]
+        dense = encoder.encode_images(images, batch_size=batch_size, progress=progress)
+        qd = encoder.encode_texts(texts, progress=progress)
+        sparse = qs = None
+        if lexical:
+            sparse = encoder.encode_images_lexical(images, batch_size=batch_size, progress=progress)
+            qs = encoder.encode_texts_lexical(texts, progress=progress)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     g = Gallery(
         dense,
         sparse,
@@ -656,24 +667,12 @@ def encode_gallery(
     return g
 
 
-def _gallery_source(
-    data: str | None, n_items: int, seed: int, progress: bool
-) -> tuple[list[Any], list[str], str]:
-    from lexlens.data.readers import load_dataset
+def _read_gallery(data: str, n_items: int) -> tuple[list[Any], list[str]]:
+    """Up to ``n_items`` image paths of a dataset and all their captions."""
+    from lexlens.eval.protocol import load_eval_set
 
-    if data is None:
-        from lexlens.data import scenes
-
-        root = Path(tempfile.mkdtemp(prefix="lexlens-bench-scenes-"))
-        scenes.generate(root, n=n_items, seed=seed, split="test", progress=progress)
-        data, label = str(root), f"generated scenes (seed {seed})"
-    else:
-        label = str(data)
-    ds = load_dataset(data)
-    n = min(n_items, len(ds.images))
-    images = list(ds.images[:n])
-    captions = [c for caps in ds.captions[:n] for c in caps]
-    return images, captions, label
+    es = load_eval_set(data, limit=n_items)
+    return list(es.images), es.texts
 
 
 def _save_gallery(g: Gallery, path: Path) -> None:

@@ -153,10 +153,14 @@ def fits_matrix(
 
     m_keys = [key(m) for m in meta]
     r_keys = [key(r) for r in records]
-    m_uniq = {k: i for i, k in enumerate(dict.fromkeys(m_keys))}
-    r_uniq = {k: i for i, k in enumerate(dict.fromkeys(r_keys))}
-    m_first = {k: meta[m_keys.index(k)] for k in m_uniq}
-    r_first = {k: records[r_keys.index(k)] for k in r_uniq}
+    m_first: dict[str, Any] = {}
+    for k, m in zip(m_keys, meta, strict=True):
+        m_first.setdefault(k, m)
+    r_first: dict[str, Any] = {}
+    for k, r in zip(r_keys, records, strict=True):
+        r_first.setdefault(k, r)
+    m_uniq = {k: i for i, k in enumerate(m_first)}
+    r_uniq = {k: i for i, k in enumerate(r_first)}
     small = np.zeros((len(m_uniq), len(r_uniq)), dtype=bool)
     scenes = list(r_first.values())
     with progress_bar(total=len(m_uniq), desc="ceiling", unit="caption", enabled=progress) as bar:
