@@ -6,6 +6,9 @@ An encoder maps images and texts into one space:
   rows L2-normalised, computed in batches;
 * optionally a lexical (sparse) output over a word vocabulary, LexLIP style:
   ``encode_images_lexical`` / ``encode_texts_lexical`` return a :class:`SparseBatch`.
+  Lexical *queries* (texts) can be encoded in one of :data:`QUERY_MODES`: ``"encoder"``
+  (the full text encoder) or ``"inference-free"`` (tokenise + learned per-token weights, no
+  network); :attr:`Encoder.lexical_query_modes` says which ones an encoder supports.
 
 Images may be given as ``PIL.Image`` objects, file paths, or already-preprocessed
 ``float32 [3, H, W]`` arrays (what :meth:`Encoder.preprocess` returns). Decoding and
@@ -23,7 +26,20 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
-__all__ = ["Encoder", "TorchDualEncoder", "SparseBatch", "ImageInput", "PreprocessConfig", "l2_normalize"]
+__all__ = [
+    "Encoder",
+    "TorchDualEncoder",
+    "SparseBatch",
+    "ImageInput",
+    "PreprocessConfig",
+    "l2_normalize",
+    "QUERY_MODES",
+    "encode_query_lexical",
+]
+
+#: the ways a lexical query (a text) can be encoded: the full text encoder, or
+#: inference-free (tokenise + learned per-token weights, no network at query time)
+QUERY_MODES = ("encoder", "inference-free")
 
 ImageInput = Union["Image.Image", str, Path, np.ndarray]  # noqa: F821 (PIL imported lazily)
 
@@ -119,6 +135,24 @@ class SparseBatch:
         )
 
 
+def encode_query_lexical(
+    encoder: Encoder,
+    texts: Sequence[str],
+    mode: str = "encoder",
+    batch_size: int = 256,
+    progress: bool = False,
+) -> SparseBatch:
+    """Lexical weights of query texts in ``mode``, checked by :meth:`Encoder.check_query_mode`.
+
+    The default mode is requested without the ``mode`` keyword, so encoders written before
+    query modes existed keep working.
+    """
+    encoder.check_query_mode(mode)
+    if mode == "encoder":
+        return encoder.encode_texts_lexical(texts, batch_size=batch_size, progress=progress)
+    return encoder.encode_texts_lexical(texts, batch_size=batch_size, progress=progress, mode=mode)
+
+
 class TorchDualEncoder(Protocol):
     """What the training loop needs of a model (duck-typed ``torch.nn.Module``).
 
@@ -176,10 +210,36 @@ class Encoder(abc.ABC):
         raise NotImplementedError(f"{self.name} has no lexical output")
 
     def encode_texts_lexical(
-        self, texts: Sequence[str], batch_size: int = 256, progress: bool = False
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        progress: bool = False,
+        mode: str = "encoder",
     ) -> SparseBatch:
-        """Sparse lexical weights of texts; raises when the encoder has no lexical output."""
+        """Sparse lexical weights of texts in query ``mode`` (one of :attr:`lexical_query_modes`);
+        raises when the encoder has no lexical output."""
         raise NotImplementedError(f"{self.name} has no lexical output")
+
+    @property
+    def lexical_query_modes(self) -> tuple[str, ...]:
+        """The :data:`QUERY_MODES` :meth:`encode_texts_lexical` supports (``("encoder",)`` by
+        default for a lexical encoder, none without lexical output)."""
+        return ("encoder",) if self.has_lexical else ()
+
+    def check_query_mode(self, mode: str) -> str:
+        """``mode`` if this encoder can encode lexical queries that way, else a one-line
+        :class:`~lexlens.errors.UsageError`."""
+        from lexlens.errors import UsageError
+
+        if mode not in QUERY_MODES:
+            raise UsageError(
+                f"unknown query mode {mode!r}: expected one of {', '.join(QUERY_MODES)}"
+            )
+        supported = self.lexical_query_modes
+        if mode not in supported:
+            has = f"only {', '.join(supported)}" if supported else "no lexical output"
+            raise UsageError(f"model {self.name} cannot encode {mode} queries (it has {has})")
+        return mode
 
     # -- shared machinery -------------------------------------------------------------
     def preprocess(self, image: Any) -> np.ndarray:
@@ -200,7 +260,9 @@ class Encoder(abc.ABC):
 
         images = list(images)
         out = np.zeros((len(images), self.dim), dtype=np.float32)
-        with progress_bar(total=len(images), desc="encode images", unit="img", enabled=progress) as bar:
+        with progress_bar(
+            total=len(images), desc="encode images", unit="img", enabled=progress
+        ) as bar:
             for a in range(0, len(images), batch_size):
                 batch = self._to_pixels(images[a : a + batch_size])
                 out[a : a + len(batch)] = l2_normalize(self._forward_images(batch))
@@ -215,7 +277,9 @@ class Encoder(abc.ABC):
 
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with progress_bar(total=len(texts), desc="encode texts", unit="txt", enabled=progress) as bar:
+        with progress_bar(
+            total=len(texts), desc="encode texts", unit="txt", enabled=progress
+        ) as bar:
             for a in range(0, len(texts), batch_size):
                 batch = texts[a : a + batch_size]
                 out[a : a + len(batch)] = l2_normalize(self._forward_texts(batch))
