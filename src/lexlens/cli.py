@@ -106,7 +106,9 @@ class DataInfoArgs:
 
 def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that reads a dataset with ``lexlens.data.readers``."""
-    p.add_argument("--split", help="split to read (Karpathy: train, val, test, restval; a,b for several)")
+    p.add_argument(
+        "--split", help="split to read (Karpathy: train, val, test, restval; a,b for several)"
+    )
     p.add_argument("--image-column", help="CSV/Parquet column holding image paths")
     p.add_argument("--caption-column", help="CSV/Parquet column holding captions")
     p.add_argument("--images", dest="images_root", help="folder relative image paths start from")
@@ -164,8 +166,10 @@ def _run_data_scenes(a: DataScenesArgs) -> int:
     _emit(
         stats,
         a.json,
-        lambda s: f"wrote {s['n']} scenes ({s['size']}px, {s['split']}) to {s['out']} in "
-        f"{s['seconds']:.1f}s: {s['images_per_second']:.0f} images/s on {s['workers']} workers",
+        lambda s: (
+            f"wrote {s['n']} scenes ({s['size']}px, {s['split']}) to {s['out']} in "
+            f"{s['seconds']:.1f}s: {s['images_per_second']:.0f} images/s on {s['workers']} workers"
+        ),
     )
     return 0
 
@@ -493,6 +497,20 @@ class SearchArgs:
     ef: int | None = None
     explain: bool = False
     json: bool = False
+    query_mode: str = "encoder"
+
+
+def _add_query_mode_option(p: argparse.ArgumentParser) -> None:
+    """``--query-mode``: how lexical query texts are encoded (issue #6)."""
+    from lexlens.models.base import QUERY_MODES
+
+    p.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default="encoder",
+        help="lexical queries: the full text encoder (default) or inference-free "
+        "(tokenise + learned per-token weights, no network)",
+    )
 
 
 def _build_search(sub: argparse._SubParsersAction) -> None:
@@ -514,6 +532,7 @@ def _build_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nprobe", type=int, help="IVF lists probed (this query only)")
     p.add_argument("--ef", type=int, help="HNSW efSearch (this query only)")
     p.add_argument("--explain", action="store_true", help="show the words lexical matches share")
+    _add_query_mode_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(
         _make=lambda ns: SearchArgs(
@@ -531,6 +550,7 @@ def _build_search(sub: argparse._SubParsersAction) -> None:
             ns.ef,
             ns.explain,
             ns.json,
+            ns.query_mode,
         ),
         _run=_run_search,
     )
@@ -549,6 +569,7 @@ def _run_search(a: SearchArgs) -> int:
         min_score=a.min_score,
         where=a.where,
         explain=a.explain,
+        query_mode=a.query_mode,
     )
     _emit(res.to_dict(), a.json, lambda _: format_results(res))
     return 0
@@ -565,6 +586,7 @@ class EvalArgs:
     limit: int | None = None
     json_out: str | None = None
     batch_size: int = 64
+    query_mode: str = "encoder"
 
 
 def _build_eval(sub: argparse._SubParsersAction) -> None:
@@ -591,9 +613,18 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
         "--json", dest="json_out", metavar="OUT", help="write the JSON result to OUT ('-': stdout)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
+    _add_query_mode_option(p)
     p.set_defaults(
         _make=lambda ns: EvalArgs(
-            ns.model, ns.data, ns.split, ns.index, ns.images, ns.limit, ns.json_out, ns.batch_size
+            ns.model,
+            ns.data,
+            ns.split,
+            ns.index,
+            ns.images,
+            ns.limit,
+            ns.json_out,
+            ns.batch_size,
+            ns.query_mode,
         ),
         _run=_run_eval,
     )
@@ -606,7 +637,12 @@ def _run_eval(a: EvalArgs) -> int:
     data = load_eval_set(a.data, split=a.split, images_root=a.images, limit=a.limit)
     encoder = load_encoder(a.model)
     result = evaluate(
-        encoder, data, index_spec=a.index, batch_size=a.batch_size, progress=a.json_out != "-"
+        encoder,
+        data,
+        index_spec=a.index,
+        batch_size=a.batch_size,
+        progress=a.json_out != "-",
+        query_mode=a.query_mode,
     )
     if a.json_out == "-":
         _emit(result, True)
@@ -655,7 +691,9 @@ def _build_bench_encode(bench_sub: argparse._SubParsersAction) -> None:
         "preprocessed arrays) and of both together.",
     )
     p.add_argument("--model", required=True, help="model spec, e.g. native:scenes-mini")
-    p.add_argument("--data", required=True, help="any dataset lexlens reads (folder, list, CSV, ...)")
+    p.add_argument(
+        "--data", required=True, help="any dataset lexlens reads (folder, list, CSV, ...)"
+    )
     p.add_argument("--n", type=int, default=1000, help="images used (the first N; default 1000)")
     p.add_argument("--batch-size", type=int, default=64, help="forward batch size (default 64)")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")

@@ -13,6 +13,11 @@ Query types (:class:`Query`):
   comes first);
 * ``Query(embedding=vec)``: a raw ``float32 [d]`` embedding (dense indexes only).
 
+Lexical indexes (``sparse``, ``hybrid(...)``) encode query texts in a ``query_mode`` (see
+:data:`lexlens.models.base.QUERY_MODES`): ``"encoder"`` (the full text encoder, the
+default) or ``"inference-free"`` (tokenise + learned per-token weights, no network), when
+the model supports it (:attr:`~lexlens.models.base.Encoder.lexical_query_modes`).
+
 Results follow the one contract (:mod:`lexlens.results`): ``scores[n, k]``, ``ids[n, k]``,
 ``-1`` for missing, ties by ``(-score, id)``. ``where`` filters and ``min_score`` apply
 before the cut to ``k``: the kind is asked for more candidates (4x, 16x, ...) until ``k``
@@ -30,7 +35,7 @@ import numpy as np
 
 from lexlens.errors import NotFoundError, UsageError
 from lexlens.index.base import SearchParams, Vectors
-from lexlens.models.base import SparseBatch, l2_normalize
+from lexlens.models.base import QUERY_MODES, SparseBatch, encode_query_lexical, l2_normalize
 from lexlens.results import sort_results
 
 if TYPE_CHECKING:
@@ -134,11 +139,21 @@ def _sparse_mix(a: SparseBatch, b: SparseBatch, wa: float, wb: float) -> SparseB
     return SparseBatch.from_dense(wa * a.to_dense() + wb * b.to_dense(), vocab=a.vocab)
 
 
-def encode_queries(index: Index, queries: Sequence[Query]) -> Vectors:
-    """Dense (and, when the index uses them, lexical) vectors of the queries."""
+def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "encoder") -> Vectors:
+    """Dense (and, when the index uses them, lexical) vectors of the queries; query texts'
+    lexical weights in ``query_mode`` (module docstring)."""
     from lexlens.index.spec import spec_needs
 
     _, want_sparse = spec_needs(index.spec)
+    if query_mode not in QUERY_MODES:
+        raise UsageError(
+            f"unknown query mode {query_mode!r}: expected one of {', '.join(QUERY_MODES)}"
+        )
+    if query_mode != "encoder" and not want_sparse:
+        raise UsageError(
+            f"query mode {query_mode} applies to lexical indexes (sparse, hybrid); "
+            f"this one is {index.spec}"
+        )
     n = len(queries)
     dim = index._state.manifest.dim
     dense = np.zeros((n, dim), np.float32)
@@ -150,7 +165,7 @@ def encode_queries(index: Index, queries: Sequence[Query]) -> Vectors:
         t = [str(queries[i].text) for i in texts]
         dense[texts] = enc.encode_texts(t)
         if want_sparse:
-            sp = enc.encode_texts_lexical(t)
+            sp = encode_query_lexical(enc, t, query_mode)
             for j, i in enumerate(texts):
                 sparse_rows[i] = _row_batch(sp, j)
     if images:
@@ -166,7 +181,7 @@ def encode_queries(index: Index, queries: Sequence[Query]) -> Vectors:
                 tv = enc.encode_texts([q.text])
                 dense[i] = fuse(img_dense[j : j + 1], tv, q.weight)[0]
                 if img_sparse is not None:
-                    ts = enc.encode_texts_lexical([q.text])
+                    ts = encode_query_lexical(enc, [q.text], query_mode)
                     sparse_rows[i] = _sparse_mix(
                         _row_batch(img_sparse, j), ts, 1.0 - q.weight, q.weight
                     )
@@ -228,6 +243,7 @@ def search_index(
     min_score: float | None = None,
     where: str | None = None,
     explain: bool = False,
+    query_mode: str = "encoder",
 ) -> SearchResults:
     """Run queries against an index (see module docstring)."""
     from lexlens.index.filters import parse_where, where_sql
@@ -244,7 +260,7 @@ def search_index(
     if not queries:
         raise UsageError("no query given")
     state = index._state  # one generation for the whole call, even if an add publishes meanwhile
-    vecs = encode_queries(index, queries)
+    vecs = encode_queries(index, queries, query_mode)
     allowed = None
     conds = parse_where(where)
     # a kind that filters itself (the Milvus backend) gets the conditions instead of an id set

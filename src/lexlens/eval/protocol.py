@@ -38,7 +38,7 @@ import numpy as np
 from lexlens.errors import DataError, UsageError
 from lexlens.eval import metrics as M
 from lexlens.index.base import KindContext, SearchParams, Vectors
-from lexlens.models.base import Encoder, ImageInput, SparseBatch
+from lexlens.models.base import Encoder, ImageInput, SparseBatch, encode_query_lexical
 
 __all__ = [
     "EvalSet",
@@ -203,6 +203,7 @@ def _fg_block(
     img_sparse: SparseBatch | None,
     batch_size: int,
     progress: bool,
+    query_mode: str = "encoder",
 ) -> dict[str, Any]:
     items = [f for f in es.fg if f.negatives]
     if not items:
@@ -220,7 +221,7 @@ def _fg_block(
     t_dense = encoder.encode_texts(texts, batch_size=batch_size, progress=progress)
     out["fg_acc"] = acc(np.einsum("nd,nd->n", t_dense, img_dense[owner]))
     if img_sparse is not None:
-        t_sparse = encoder.encode_texts_lexical(texts, batch_size=batch_size, progress=progress)
+        t_sparse = encode_query_lexical(encoder, texts, query_mode, batch_size, progress)
         out["fg_acc_lexical"] = acc(
             _sparse_rows_dot(t_sparse, np.arange(len(texts)), img_sparse, owner)
         )
@@ -236,6 +237,7 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = True,
     limit: int | None = None,
+    query_mode: str = "encoder",
 ) -> dict[str, Any]:
     """Run the protocol (module docstring) and return the JSON-able result.
 
@@ -244,6 +246,9 @@ def evaluate(
     ``t2i``/``i2t`` (``R@K``, mean/median rank), ``rsum``, ``n_images``, ``n_texts``, ``model``,
     ``index``; when available ``lexical``, ``fg_acc``, ``fg_acc_lexical``, ``fg_n``,
     ``ceiling``, ``exact`` and ``ann_recall@10`` (through an approximate index), ``seconds``.
+    ``query_mode`` (``"encoder"`` or ``"inference-free"``) is how the captions' lexical
+    weights are computed (both directions; see :data:`lexlens.models.base.QUERY_MODES`); it
+    is reported as ``query_mode`` when the encoder has a lexical output.
     """
     ks = sorted({int(k) for k in k_values})
     if not ks or ks[0] <= 0:
@@ -261,6 +266,8 @@ def evaluate(
                 f"index {spec} needs lexical weights; {encoder.name} has no lexical output"
             )
 
+    if need_sparse or query_mode != "encoder":
+        encoder.check_query_mode(query_mode)  # before any encoding
     texts, t2i_map = es.texts, es.text_to_image
     n_images, n_texts = len(es.images), len(texts)
     seconds: dict[str, float] = {}
@@ -278,9 +285,7 @@ def evaluate(
     img_s = txt_s = None
     if need_sparse:
         img_s = encoder.encode_images_lexical(es.images, batch_size=batch_size, progress=progress)
-        txt_s = encoder.encode_texts_lexical(
-            texts, batch_size=max(batch_size, 256), progress=progress
-        )
+        txt_s = encode_query_lexical(encoder, texts, query_mode, max(batch_size, 256), progress)
     seconds["encode"] = time.perf_counter() - t0
 
     out: dict[str, Any] = {
@@ -290,6 +295,8 @@ def evaluate(
         "n_texts": n_texts,
         "k_values": ks,
     }
+    if need_sparse:
+        out["query_mode"] = query_mode
     t0 = time.perf_counter()
     if spec is None:
         assert img_d is not None and txt_d is not None
@@ -304,7 +311,7 @@ def evaluate(
 
     if es.fg and img_d is not None:
         t0 = time.perf_counter()
-        out.update(_fg_block(encoder, es, img_d, img_s, batch_size, progress))
+        out.update(_fg_block(encoder, es, img_d, img_s, batch_size, progress, query_mode))
         seconds["fine_grained"] = time.perf_counter() - t0
 
     fits_fn = _caption_fits()

@@ -523,12 +523,21 @@ class Index:
         min_score: float | None = None,
         where: str | None = None,
         explain: bool = False,
+        query_mode: str = "encoder",
     ) -> SearchResults:
-        """Top-``k`` items for one query or a list (see :mod:`lexlens.search`)."""
+        """Top-``k`` items for one query or a list (see :mod:`lexlens.search`; ``query_mode``:
+        how a lexical index encodes query texts, ``"encoder"`` or ``"inference-free"``)."""
         from lexlens.search import search_index
 
         return search_index(
-            self, query, k=k, params=params, min_score=min_score, where=where, explain=explain
+            self,
+            query,
+            k=k,
+            params=params,
+            min_score=min_score,
+            where=where,
+            explain=explain,
+            query_mode=query_mode,
         )
 
     def dups(self, threshold: float = 0.95, progress: bool = True) -> list[DupGroup]:

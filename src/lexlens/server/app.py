@@ -69,6 +69,7 @@ from lexlens.server.schemas import (
     IndexSummary,
     KnnRequest,
     KnnResult,
+    QueryMode,
     RemoveRequest,
     RemoveResponse,
     SearchRequest,
@@ -393,7 +394,13 @@ def create_app(
             )
 
     def _run_search(req: SearchRequest) -> SearchOutcome:
-        opts = {"k": req.k, "min_score": req.min_score, "where": req.where, "explain": req.explain}
+        opts = {
+            "k": req.k,
+            "min_score": req.min_score,
+            "where": req.where,
+            "explain": req.explain,
+            "query_mode": req.query_mode,
+        }
         if req.embedding is not None:
             return backend.search_embedding(req.index, req.embedding, **opts)
         if req.item is not None:
@@ -424,13 +431,20 @@ def create_app(
         where: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
         index: Annotated[str | None, Form(max_length=100)] = None,
         explain: Annotated[bool, Form()] = True,
+        query_mode: Annotated[QueryMode, Form()] = "encoder",
     ) -> SearchResponse:
         """Search by an uploaded image file, optionally with text (image + text, ``weight``)."""
         _check_k(k)
         backend.get(index)
         data = await image.read(limits.max_upload_bytes + 1)
         text = text if text else None
-        opts = {"k": k, "min_score": min_score, "where": where, "explain": explain}
+        opts = {
+            "k": k,
+            "min_score": min_score,
+            "where": where,
+            "explain": explain,
+            "query_mode": query_mode,
+        }
 
         def run() -> SearchOutcome:
             img = decode_image(data, limits.max_upload_bytes, limits.max_image_pixels)

@@ -98,6 +98,10 @@ class TimedEncoder(Encoder):
     def vocab(self) -> Sequence[str]:
         return self.inner.vocab
 
+    @property
+    def lexical_query_modes(self) -> tuple[str, ...]:
+        return self.inner.lexical_query_modes
+
     def preprocess(self, image: Any) -> np.ndarray:
         return self.inner.preprocess(image)
 
@@ -118,10 +122,16 @@ class TimedEncoder(Encoder):
             )
 
     def encode_texts_lexical(
-        self, texts: Sequence[str], batch_size: int = 256, progress: bool = False
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        progress: bool = False,
+        mode: str = "encoder",
     ) -> SparseBatch:
+        from lexlens.models.base import encode_query_lexical
+
         with _timed():
-            return self.inner.encode_texts_lexical(texts, batch_size=batch_size, progress=progress)
+            return encode_query_lexical(self.inner, texts, mode, batch_size, progress)
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
@@ -272,7 +282,8 @@ class Backend:
 
     # ------------------------------------------------------------------------ searching
     def search_text(self, name: str | None, text: str, **opts: Any) -> SearchOutcome:
-        """Text -> items. ``opts``: ``k``, ``min_score``, ``where``, ``explain``."""
+        """Text -> items. ``opts``: ``k``, ``min_score``, ``where``, ``explain``,
+        ``query_mode`` (lexical indexes: ``"encoder"`` or ``"inference-free"``)."""
         from lexlens.search import Query
 
         return self._search(name, Query(text=_check_text(text)), **opts)
@@ -322,11 +333,19 @@ class Backend:
         min_score: float | None = None,
         where: str | None = None,
         explain: bool = True,
+        query_mode: str = "encoder",
     ) -> SearchOutcome:
         idx = self.get(name)
         t0 = time.perf_counter()
         with _encode_clock() as enc:
-            res = idx.search(query, k=k, min_score=min_score, where=where, explain=explain)
+            res = idx.search(
+                query,
+                k=k,
+                min_score=min_score,
+                where=where,
+                explain=explain,
+                query_mode=query_mode,
+            )
         t1 = time.perf_counter()
         from lexlens.search import Hit
 

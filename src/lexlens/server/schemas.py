@@ -11,6 +11,7 @@ __all__ = [
     "MAX_ID",
     "MAX_TEXT",
     "MAX_DIM",
+    "QueryMode",
     "ErrorResponse",
     "SearchRequest",
     "HitModel",
@@ -36,6 +37,9 @@ MAX_TEXT = 2000
 MAX_DIM = 8192
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+#: how a lexical index encodes a query text (:data:`lexlens.models.base.QUERY_MODES`)
+QueryMode = Literal["encoder", "inference-free"]
 
 
 class ErrorResponse(BaseModel):
@@ -66,6 +70,11 @@ class SearchRequest(BaseModel):
         None, max_length=MAX_TEXT, description='metadata filter, e.g. "color=red AND n>2"'
     )
     explain: bool = Field(True, description="matched words of lexical results")
+    query_mode: QueryMode = Field(
+        "encoder",
+        description="lexical indexes: encode the query text with the full text encoder, or "
+        "inference-free (tokenise + learned per-token weights, no network)",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
