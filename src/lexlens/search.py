@@ -341,7 +341,7 @@ def _top(
 def _explainer() -> Any:
     try:
         from lexlens.index import sparse
-    except ModuleNotFoundError:
+    except ImportError:  # the sparse module is not there (``from pkg import x`` -> ImportError)
         return None
     return getattr(sparse, "explain", None)
 
