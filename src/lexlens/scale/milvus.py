@@ -14,7 +14,8 @@ field      type                      content
 =========  ========================  ==============================================
 id         INT64, primary key        the lexlens item id
 dense      FLOAT_VECTOR(dim), IP     the L2-normalised embedding (dense structures)
-sparse     SPARSE_FLOAT_VECTOR, IP   lexical weights over the vocabulary (``sparse``)
+sparse     SPARSE_FLOAT_VECTOR, IP   lexical weights over the vocabulary (``sparse``; both
+                                     fields in one row for ``milvus(sparse,DENSE)``)
 path       VARCHAR                   the item's file path
 meta       JSON                      ``{"f": user fields, "bools": [boolean field paths],
                                      "text", "size", "mtime"}`` for filters
@@ -26,6 +27,25 @@ query), ``ivfN,flat|sq8|pqM`` -> ``IVF_FLAT`` / ``IVF_SQ8`` / ``IVF_PQ`` (``npro
 query), ``sparse`` -> ``SPARSE_INVERTED_INDEX`` (exact inner product). Milvus refuses empty
 sparse vectors, so an item without lexical weights stores one weight on an out-of-vocabulary
 sentinel dimension that no query ever has (it can never match, exactly like an empty row).
+
+**Dense and sparse in one collection**: ``milvus(sparse,DENSE[;OPTIONS])`` (what
+``--spec hybrid(sparse,DENSE) --backend milvus://...`` records) keeps both vector fields in
+every row. Queries that carry only dense (only sparse) vectors search that field alone, with
+the results of ``milvus(DENSE)`` (``milvus(sparse)``). Queries with both are fused:
+
+* ``fusion=rrf`` (default): Milvus's own ``hybrid_search`` with its ``RRFRanker``, one call:
+  each field is searched for ``candidates`` hits (option, or ``SearchParams.candidates``;
+  default 100, at least ``k``) under the same filter, and an item scores
+  ``sum 1 / (rrf_k + rank)`` over the lists it is in (``rank`` from 1, ``rrf_k`` default 60).
+  A query without lexical weights has only its dense list (fused client-side by the same
+  formula, as Milvus refuses empty sparse vectors). Which of several items with *equal* raw
+  scores at a list's ``candidates`` cut enter the list, and their order inside the list, is
+  Milvus's choice;
+* ``fusion=rerank``: the ``candidates`` best lexical matches (exact, ties by id), re-scored by
+  the dense inner product (their dense vectors are read back from Milvus).
+
+Both fusions end in the lexlens result contract (all fused candidates are fetched, then
+sorted by ``(-score, id)``). ``SearchParams.fusion`` overrides the option per call.
 
 ``where`` filters (the grammar of :mod:`lexlens.index.filters`) are translated into Milvus
 filter expressions with the local semantics (:func:`where_to_filter`), so filtering runs
@@ -69,6 +89,7 @@ __all__ = [
     "backend_kind",
     "where_to_filter",
     "collection_name_for",
+    "FUSIONS",
 ]
 
 MILVUS_SCHEME = "milvus://"
@@ -82,6 +103,9 @@ _WRITE_BATCH = 2_000
 _PATH_MAX = 4_096
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: fusions of dense + sparse queries, and the options ``milvus(sparse,DENSE;...)`` takes
+FUSIONS = ("rrf", "rerank")
+_FUSION_OPTIONS = {"fusion": "rrf", "rrf_k": 60, "candidates": 100}
 
 
 # ----------------------------------------------------------------------------- targets
@@ -265,12 +289,15 @@ def _index_type(spec: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- the kind
 def wrap_spec(inner: Any) -> Any:
-    """``flat`` -> ``milvus(flat)``: the spec an index on the Milvus backend records."""
+    """``flat`` -> ``milvus(flat)``, ``hybrid(sparse,flat;fusion=rrf)`` ->
+    ``milvus(sparse,flat;fusion=rrf)``: the spec an index on the Milvus backend records."""
     from lexlens.index.spec import IndexSpec, parse_spec
 
     inner = parse_spec(inner)
     if inner.kind == MilvusKind.kind:
         return inner
+    if inner.kind == "hybrid":  # dense + sparse fields in one collection, fused by Milvus
+        return IndexSpec(MilvusKind.kind, options=inner.options, children=inner.children)
     return IndexSpec(MilvusKind.kind, children=(inner,))
 
 
@@ -294,7 +321,8 @@ class MilvusKind(IndexKind):
     """An :class:`IndexKind` whose items live in one Milvus collection (see module docstring).
 
     Its spec wraps the structure Milvus builds: ``milvus(flat)``, ``milvus(hnsw32)``,
-    ``milvus(ivf1024,pq32)``, ``milvus(sparse)``. It is made by :meth:`create` (the backend URI
+    ``milvus(ivf1024,pq32)``, ``milvus(sparse)``, ``milvus(sparse,hnsw32;fusion=rrf)`` (both
+    fields in one collection). It is made by :meth:`create` (the backend URI
     is not part of a spec) and reopened from the pointer file by :meth:`load`. Beyond the kind
     interface, :meth:`add` stores item records (path, user fields, text, size, mtime) and
     :meth:`search` evaluates ``where`` filters inside Milvus (``accepts_where``).
@@ -315,25 +343,31 @@ class MilvusKind(IndexKind):
     ) -> None:
         if not _NAME_RE.fullmatch(collection):
             raise UsageError(f"bad Milvus collection name {collection!r}")
-        if spec.kind != self.kind or len(spec.children) != 1 or spec.options:
+        if spec.kind != self.kind or not 1 <= len(spec.children) <= 2:
             raise UsageError(
-                f"a Milvus index spec is milvus(INDEX) with one index inside, not {spec}"
+                f"a Milvus index spec is milvus(INDEX) or milvus(sparse,DENSE), not {spec}"
             )
-        child = spec.children[0]
+        sparse_children = [c for c in spec.children if c.kind == "sparse"]
+        dense_children = [c for c in spec.children if c.kind != "sparse"]
+        if len(sparse_children) > 1 or len(dense_children) > 1:
+            raise UsageError(f"milvus(...) holds at most one dense and one sparse index: {spec}")
         self.spec = spec
         self.target = target
         self.collection = collection
         self.ctx = ctx
-        self.has_sparse = child.kind == "sparse"
-        self.has_dense = not self.has_sparse
+        self.has_sparse = bool(sparse_children)
+        self.has_dense = bool(dense_children)
+        self._fusion = self._fusion_options(spec)
         if self.has_sparse:
+            child = sparse_children[0]
             if child.options or child.number is not None:
                 raise UsageError(
                     f"Milvus keeps every lexical weight exactly; use plain sparse, not {child}"
                 )
             if ctx.vocab_size <= 0:
-                raise UsageError("milvus(sparse) needs a model with a lexical vocabulary")
-        else:
+                raise UsageError(f"{spec} needs a model with a lexical vocabulary")
+        if self.has_dense:
+            child = dense_children[0]
             if ctx.dim <= 0:
                 raise UsageError(f"milvus({child}) needs dense vectors")
             self._index_type, self._build_params, self._search_defaults = _index_type(child)
@@ -345,6 +379,26 @@ class MilvusKind(IndexKind):
         else:
             raise IndexMismatchError(f"Milvus collection {collection!r} does not exist at {target}")
         self._call("load_collection", collection)
+
+    @staticmethod
+    def _fusion_options(spec: Any) -> dict[str, Any]:
+        """``fusion`` / ``rrf_k`` / ``candidates`` of a two-field spec (defaults filled in)."""
+        opts = spec.opts()
+        if opts and len(spec.children) != 2:
+            raise UsageError(f"options belong to milvus(sparse,DENSE;...) only, not {spec}")
+        unknown = sorted(set(opts) - set(_FUSION_OPTIONS))
+        if unknown:
+            raise UsageError(
+                f"{spec}: option {unknown[0]!r} has no Milvus counterpart; "
+                f"options: {', '.join(_FUSION_OPTIONS)}"
+            )
+        out = {**_FUSION_OPTIONS, **opts}
+        if out["fusion"] not in FUSIONS:
+            raise UsageError(f"{spec}: fusion must be one of {', '.join(FUSIONS)} on Milvus")
+        for key in ("rrf_k", "candidates"):
+            if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+                raise UsageError(f"{spec}: {key} must be a positive integer")
+        return out
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -365,8 +419,8 @@ class MilvusKind(IndexKind):
     ) -> MilvusKind:
         """A new collection (or the existing one when its schema matches) at ``backend``.
 
-        ``spec`` is the structure (``flat``, ``hnsw32``, ``sparse``; wrapped as ``milvus(...)``
-        when it is not already).
+        ``spec`` is the structure (``flat``, ``hnsw32``, ``sparse``, ``hybrid(sparse,flat)``;
+        wrapped as ``milvus(...)`` when it is not already).
         """
         return cls(
             parse_backend(backend, default_lite), collection, wrap_spec(spec), ctx, create=True
@@ -454,10 +508,9 @@ class MilvusKind(IndexKind):
         """New metadata (``path``, ``fields``, ``text``, ``size``, ``mtime``) for stored items
         whose vectors did not change; each record carries its ``id``. Returns rows updated."""
         by_id = {int(r.id): r for r in records}
-        vec_field = "dense" if self.has_dense else "sparse"
         done = 0
         for chunk in _chunks(sorted(by_id), _WRITE_BATCH):
-            rows = self._call("get", self.collection, ids=chunk, output_fields=[vec_field])
+            rows = self._call("get", self.collection, ids=chunk, output_fields=self._vector_fields)
             for r in rows:
                 rec = by_id[int(r["id"])]
                 r["path"] = str(getattr(rec, "path", None) or "")
@@ -473,6 +526,10 @@ class MilvusKind(IndexKind):
         row = {int(j): float(v) for j, v in zip(idx[keep], val[keep], strict=True)}
         # Milvus refuses empty sparse vectors: one weight on a dimension no query has
         return row or {self._sentinel: 1.0}
+
+    @property
+    def _vector_fields(self) -> list[str]:
+        return [f for f, on in (("dense", self.has_dense), ("sparse", self.has_sparse)) if on]
 
     @property
     def _sentinel(self) -> int:
@@ -503,27 +560,132 @@ class MilvusKind(IndexKind):
         if k <= 0 or n == 0:
             return empty_results(n, max(k, 0))
         expr = where_to_filter(where)
-        if self.has_dense:
-            if queries.dense is None:
-                raise UsageError("this Milvus index needs dense query vectors")
-            q = np.asarray(queries.dense, dtype=np.float32)
-            if q.ndim != 2 or q.shape[1] != self.ctx.dim:
-                raise UsageError(
-                    f"query vectors must be [n, {self.ctx.dim}], got shape {tuple(q.shape)}"
-                )
-            data: list[Any] = [row.tolist() for row in q]
-            return self._search("dense", data, k, self._search_params(params), expr)
+        use_dense = self.has_dense and (queries.dense is not None or not self.has_sparse)
+        use_sparse = self.has_sparse and (queries.sparse is not None or not self.has_dense)
+        if not (use_dense or use_sparse):
+            raise UsageError("the queries carry neither dense nor sparse vectors")
+        if use_dense:
+            q = self._dense_rows(queries)
+        if use_sparse:
+            rows = self._sparse_rows(queries)
+        if use_dense and use_sparse:
+            return self._fused(q, rows, k, params, expr)
+        if use_dense:
+            return self._search("dense", q, k, self._search_params(params), expr)
+        return self._sparse_search(rows, k, expr)
+
+    def _dense_rows(self, queries: Vectors) -> list[Any]:
+        if queries.dense is None:
+            raise UsageError("this Milvus index needs dense query vectors")
+        q = np.asarray(queries.dense, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.ctx.dim:
+            raise UsageError(
+                f"query vectors must be [n, {self.ctx.dim}], got shape {tuple(q.shape)}"
+            )
+        return [row.tolist() for row in q]
+
+    def _sparse_rows(self, queries: Vectors) -> list[dict[int, float]]:
         if queries.sparse is None:
             raise UsageError("this Milvus index needs sparse (lexical) query vectors")
-        rows = [self._query_sparse_row(queries.sparse, i) for i in range(n)]
+        return [self._query_sparse_row(queries.sparse, i) for i in range(len(queries.sparse))]
+
+    def _sparse_search(
+        self, rows: list[dict[int, float]], k: int, expr: str, candidates: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact lexical top-``k`` (``candidates`` wide when given); empty queries match nothing."""
+        width = k if candidates is None else candidates
         live = [i for i, r in enumerate(rows) if r]
-        out_s, out_i = empty_results(n, k)
+        out_s, out_i = empty_results(len(rows), width)
         if live:  # a query without any weight matches nothing (Milvus refuses it anyway)
             s, i_ = self._search(
-                "sparse", [rows[i] for i in live], k, {"drop_ratio_search": 0.0}, expr
+                "sparse", [rows[i] for i in live], width, {"drop_ratio_search": 0.0}, expr
             )
             out_s[live], out_i[live] = s, i_
         return out_s, out_i
+
+    def _fused(
+        self,
+        dense: list[Any],
+        sparse: list[dict[int, float]],
+        k: int,
+        params: SearchParams | None,
+        expr: str,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dense + sparse queries fused (module docstring: ``rrf`` or ``rerank``)."""
+        fusion = (params.fusion if params is not None else None) or self._fusion["fusion"]
+        if fusion not in FUSIONS:
+            raise UsageError(f"fusion {fusion!r} is not available on Milvus; use rrf or rerank")
+        wide = params.candidates if params is not None and params.candidates else None
+        cands = min(_MAX_TOPK // 2, max(k, int(wide or self._fusion["candidates"])))
+        if fusion == "rerank":
+            return self._rerank(dense, sparse, k, cands, expr)
+        n = len(dense)
+        out_s, out_i = empty_results(n, k)
+        if expr == "false":
+            return out_s, out_i
+        rrf_k = int(self._fusion["rrf_k"])
+        dense_params = {"metric_type": "IP", "params": self._search_params(params)}
+        lone = [i for i in range(n) if not sparse[i]]
+        if lone:  # no lexical weights: the dense list alone, ranked by the same formula
+            s, ids = self._search(
+                "dense", [dense[i] for i in lone], cands, dense_params["params"], expr
+            )
+            rank = np.arange(1, cands + 1, dtype=np.float32)
+            rrf = np.where(ids >= 0, np.float32(1.0) / (np.float32(rrf_k) + rank), -np.inf)
+            out_s[lone], out_i[lone] = sort_results(rrf.astype(np.float32), ids, k)
+        both = [i for i in range(n) if sparse[i]]
+        for a in range(0, len(both), _QUERY_BATCH):
+            part = both[a : a + _QUERY_BATCH]
+            reqs = self._hybrid_requests(
+                [dense[i] for i in part], [sparse[i] for i in part], cands, dense_params, expr
+            )
+            from pymilvus import RRFRanker
+
+            hits = self._call(
+                "hybrid_search",
+                self.collection,
+                reqs,
+                RRFRanker(rrf_k),
+                limit=2 * cands,  # every fused candidate: the cut at k is ours, by (-score, id)
+                output_fields=[],
+            )
+            for qi, row in zip(part, hits, strict=True):
+                out_s[qi], out_i[qi] = _ordered(row, k)[1:]
+        return out_s, out_i
+
+    def _hybrid_requests(
+        self,
+        dense: list[Any],
+        sparse: list[dict[int, float]],
+        limit: int,
+        dense_params: dict[str, Any],
+        expr: str,
+    ) -> list[Any]:
+        from pymilvus import AnnSearchRequest
+
+        sparse_params = {"metric_type": "IP", "params": {"drop_ratio_search": 0.0}}
+        extra = {"filter": expr} if expr else {}
+        return [
+            AnnSearchRequest(dense, "dense", dense_params, limit, **extra),
+            AnnSearchRequest(sparse, "sparse", sparse_params, limit, **extra),
+        ]
+
+    def _rerank(
+        self, dense: list[Any], sparse: list[dict[int, float]], k: int, cands: int, expr: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``cands`` best lexical matches of each query, re-scored by the dense product."""
+        _, cand = self._sparse_search(sparse, k, expr, candidates=cands)
+        wanted = np.unique(cand[cand >= 0])
+        stored = self.get(wanted.tolist()) if len(wanted) else {}
+        vecs = {i: np.asarray(r["dense"], np.float32) for i, r in stored.items()}
+        q = np.asarray(dense, np.float32)
+        scores = np.full(cand.shape, -np.inf, np.float32)
+        for r, c in zip(*np.nonzero(cand >= 0), strict=True):
+            v = vecs.get(int(cand[r, c]))
+            if v is not None:  # removed meanwhile: dropped
+                scores[r, c] = float(q[r] @ v)
+        ids = np.where(np.isfinite(scores), cand, -1)
+        return sort_results(scores, ids, k)
 
     def _query_sparse_row(self, sparse: SparseBatch, i: int) -> dict[int, float]:
         idx, val = sparse.row(i)
@@ -563,12 +725,9 @@ class MilvusKind(IndexKind):
                 )
                 again = []
                 for qi, row in zip(todo, hits, strict=True):
-                    s = np.asarray([h["distance"] for h in row], dtype=np.float32)
-                    ids = np.asarray([h["id"] for h in row], dtype=np.int64)
-                    rs, ri = sort_results(s[None, :], ids[None, :], k)
-                    out_s[qi], out_i[qi] = rs[0], ri[0]
-                    full = len(row) >= limit and ri[0, -1] >= 0
-                    if full and limit < _MAX_TOPK and float(s.min()) >= float(rs[0, -1]):
+                    s, out_s[qi], out_i[qi] = _ordered(row, k)
+                    full = len(row) >= limit and out_i[qi, -1] >= 0
+                    if full and limit < _MAX_TOPK and float(s.min()) >= float(out_s[qi, -1]):
                         again.append(qi)  # the cut may fall inside a run of equal scores
                 todo = again
                 limit = min(_MAX_TOPK, limit * 2)
@@ -583,7 +742,8 @@ class MilvusKind(IndexKind):
             "spec": str(self.spec),
             "dim": int(self.ctx.dim),
             "vocab_size": int(self.ctx.vocab_size),
-            "index_type": getattr(self, "_index_type", "SPARSE_INVERTED_INDEX"),
+            "index_type": getattr(self, "_index_type", None) or "SPARSE_INVERTED_INDEX",
+            "fields": self._vector_fields,
         }
 
     def save(self, directory: Path) -> list[str]:
@@ -602,9 +762,10 @@ class MilvusKind(IndexKind):
             )
         ptr = json.loads(f.read_text())
         ctx = options.get("context") or KindContext(dim=ptr["dim"], vocab_size=ptr["vocab_size"])
-        spec = wrap_spec(ptr["spec"])
-        if "spec" in options and str(options["spec"]) != str(spec):
-            raise IndexMismatchError(f"{f} describes {spec}, the index says {options['spec']}")
+        # the caller's parsed spec when given (compared as canonical text), else the pointer's
+        spec = wrap_spec(options["spec"] if "spec" in options else ptr["spec"])
+        if str(spec) != str(ptr["spec"]):
+            raise IndexMismatchError(f"{f} describes {ptr['spec']}, the index says {spec}")
         if (ctx.dim, ctx.vocab_size) != (ptr["dim"], ptr["vocab_size"]):
             raise IndexMismatchError(
                 f"{f} says dim={ptr['dim']}, vocab={ptr['vocab_size']}; the index says "
@@ -640,7 +801,7 @@ class MilvusKind(IndexKind):
 
     def get(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Stored rows (path, meta, vectors) of the ``ids`` that exist, by id."""
-        fields = ["path", "meta", "dense" if self.has_dense else "sparse"]
+        fields = ["path", "meta", *self._vector_fields]
         out: dict[int, dict[str, Any]] = {}
         for chunk in _chunks([int(i) for i in ids], _WRITE_BATCH):
             for r in self._call("get", self.collection, ids=chunk, output_fields=fields):
@@ -665,6 +826,14 @@ class MilvusKind(IndexKind):
             raise LexlensError(
                 f"Milvus {method} on {self.collection!r} at {self.target} failed: {msg}"
             ) from e
+
+
+def _ordered(row: Sequence[Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One query's Milvus hits -> (raw scores, top-``k`` scores, ids) by ``(-score, id)``."""
+    s = np.asarray([h["distance"] for h in row], dtype=np.float32)
+    ids = np.asarray([h["id"] for h in row], dtype=np.int64)
+    rs, ri = sort_results(s[None, :], ids[None, :], k)
+    return s, rs[0], ri[0]
 
 
 def _chunks(seq: list[int], size: int) -> Iterator[list[int]]:
