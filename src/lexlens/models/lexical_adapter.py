@@ -92,11 +92,6 @@ PROMPT_SETS: dict[str, tuple[str, ...]] = {
 }
 #: the word rule shared by the vocabulary and the query side
 WORD_RE = re.compile(r"[a-z]+|[0-9]+")
-#: function words left out of the default vocabulary (they describe no image)
-STOPWORDS = frozenset(
-    "an and are as at be but by for from has have he her his in into is it its of on or "
-    "that the their then there these they this to was were which while with".split()
-)
 #: the concept words of the scenes benchmark (shared/scenes-vocabulary.md) and the caption
 #: words its generator uses for them
 _SCENES_WORDS = (
@@ -106,6 +101,17 @@ _SCENES_WORDS = (
     "small large big little tiny left right top bottom center centre middle "
     "above below one two three single pair shape object figure"
 ).split()
+#: function words left out of the default vocabulary (they describe no image); the scenes
+#: words (e.g. "above", "one") stay
+STOPWORDS = frozenset(
+    """about after again against all am an and any are as at be because been before being
+    both but by can could did do does doing during each few for from further had has have
+    having he her here hers herself him himself his how if in into is it its itself just me
+    more most my myself no nor not now of off on once only or other our ours ourselves out
+    over own same she should so some such than that the their theirs them themselves then
+    there these they this those through to too under until up very was we were what when
+    where which while who whom why will with would you your yours yourself yourselves""".split()
+) - frozenset(_SCENES_WORDS)
 #: the text whose embedding fingerprints the inner model in the caches
 _PROBE = "a photo of a lexlens probe."
 _CACHE_VERSION = 1
