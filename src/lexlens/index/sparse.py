@@ -1,0 +1,683 @@
+"""The ``sparse`` index kind: an inverted index over non-negative lexical weights (LexLIP style).
+
+Items and queries are sparse vectors over a word vocabulary (:class:`~lexlens.models.base.SparseBatch`);
+the score of an item is the dot product ``sum_w q_w * d_w`` over the words they share.
+
+Spec: ``sparse`` or ``sparse(budget=0.05,block=16,topk=64,q8)``:
+
+* ``budget`` (default ``1.0`` = exact): the share of the query's postings that may be scored
+  before the search stops (per call: ``SearchParams.sparse_budget``). Below 1 the search is
+  approximate; it still stops earlier whenever no unvisited block can enter the top ``k``.
+* ``block`` (default 16, at most 128): documents per block of the block-max index.
+* ``topk``: keep only the ``topk`` heaviest words of each item when it is added.
+* ``q8``: store weights on a uniform 8-bit grid (``0 .. max``); lossy for weights that are not
+  already on such a grid. Without it weights are stored without loss (see below).
+
+**Result rule.** Results follow :mod:`lexlens.results` (``(-score, id)`` order, ``-1`` / ``-inf``
+padding). Items sharing no word with the query (score 0) are never returned: a row has fewer
+than ``k`` hits when fewer items overlap the query. Queries must have non-negative weights.
+
+**Scores.** ``float64`` sum over the shared words in ascending vocabulary order of
+``float64(q_w) * float64(d_w)`` (exact products of ``float32`` numbers), rounded once to
+``float32``. In exact mode results are exactly those of a brute force computing the same sums.
+
+**Layout (block-max pruning, after Mallia et al., "Faster Learned Sparse Retrieval with
+Block-Max Pruning", SIGIR 2024).** The index is a list of immutable *segments*. A segment
+orders its documents so that documents with the same heaviest words are neighbours (sort by
+the three heaviest words), cuts them into blocks of ``block`` documents and stores, per word:
+its postings (in-block offset ``uint8`` + weight code), and per block where it occurs the
+block id, the largest weight code and the number of postings. Weights are codes into a sorted
+per-segment table of the distinct weights (``uint8`` when there are at most 256 -- the case
+for 8-bit model output, which is therefore stored without loss -- ``uint16`` up to 65,536,
+beyond that a 16-bit grid). A query computes, for every block, the upper bound
+``sum_w q_w * max_w(block)``, visits blocks from the highest bound down and scores their
+documents, and stops when the next bound is below the ``k``-th score found (exact), or when
+the budget is spent.
+
+**Changes.** ``add`` builds a new segment from the batch; segments of similar size are merged
+(so there are O(log n) of them). ``remove`` marks documents dead in a bitmap (dead documents are
+skipped while scoring); a segment with more than a quarter dead is rebuilt. ``save`` writes
+plain ``.npy`` arrays; ``load`` memory-maps them (only the small dead-bitmaps are read).
+Searching is read-only and releases the GIL, so several threads can search at once.
+
+**Explanations.** :func:`explain` lists the shared words of a query and an item with their
+contributions ``q_w * d_w`` (largest first); ``SparseKind.explain`` does the same from the
+index's own stored weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lexlens.errors import UsageError
+from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors, register_kind
+from lexlens.index.spec import IndexSpec
+from lexlens.models.base import SparseBatch
+from lexlens.results import empty_results
+
+__all__ = [
+    "SparseKind",
+    "Segment",
+    "explain",
+    "sparse_scores_reference",
+    "clean_queries",
+    "DEFAULT_BLOCK",
+]
+
+#: documents per block when the spec gives none
+DEFAULT_BLOCK = 16
+#: largest block (in-block offsets and per-block counts are uint8)
+MAX_BLOCK = 128
+#: a segment with more than this share of dead documents is rebuilt
+REBUILD_DEAD_SHARE = 0.25
+#: a new segment is merged into the previous one while it is at least this share of its size
+MERGE_RATIO = 0.5
+_OPTIONS = ("budget", "block", "topk", "q8")
+_ARRAYS = (
+    "ids",
+    "terms",
+    "tptr",
+    "pptr",
+    "pair_block",
+    "pair_max",
+    "pair_cnt",
+    "post_off",
+    "post_code",
+    "codebook",
+    "bound",
+    "dense_of",
+    "dub",
+    "dcnt",
+    "dchk",
+    "pchk",
+)
+#: a word present in at least 1/DENSE_SHARE of a segment's blocks gets dense bound arrays
+DENSE_SHARE = 4
+
+
+def _kernels() -> Any:
+    from lexlens.index import sparse_kernels
+
+    return sparse_kernels
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_batch(sp: SparseBatch, vocab_size: int, what: str) -> None:
+    if vocab_size and sp.vocab_size != vocab_size:
+        raise UsageError(
+            f"{what} use a vocabulary of {sp.vocab_size} words; this index uses {vocab_size}"
+        )
+    values = np.asarray(sp.values)
+    if len(values) and (not np.isfinite(values).all() or (values < 0).any()):
+        raise UsageError(f"{what} must have finite, non-negative lexical weights")
+    indices = np.asarray(sp.indices)
+    if len(indices) and (indices.min() < 0 or indices.max() >= sp.vocab_size):
+        raise UsageError(f"{what} have word ids outside the vocabulary of {sp.vocab_size}")
+
+
+def _canonical_rows(
+    sp: SparseBatch, topk: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR with words ascending per row, duplicates summed, zeros dropped, optional top-k."""
+    indptr = np.asarray(sp.indptr, np.int64)
+    n = len(indptr) - 1
+    lens = np.diff(indptr)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lens)
+    idx = np.asarray(sp.indices, np.int64)[indptr[0] : indptr[-1]]
+    val = np.asarray(sp.values, np.float32)[indptr[0] : indptr[-1]]
+    order = np.lexsort((idx, rows))
+    rows, idx, val = rows[order], idx[order], val[order]
+    if len(rows):
+        first = np.ones(len(rows), bool)
+        first[1:] = (rows[1:] != rows[:-1]) | (idx[1:] != idx[:-1])
+        if not first.all():
+            grp = np.cumsum(first) - 1
+            val = np.bincount(grp, weights=val.astype(np.float64)).astype(np.float32)
+            rows, idx = rows[first], idx[first]
+    keep = val > 0
+    rows, idx, val = rows[keep], idx[keep], val[keep]
+    if topk is not None and len(rows):
+        # rank within row by (-weight, word id); keep the first topk
+        o = np.lexsort((idx, -val, rows))
+        start = np.searchsorted(rows[o], np.arange(n))
+        rank = np.arange(len(o)) - np.repeat(start, np.bincount(rows[o], minlength=n))
+        sel = np.sort(o[rank < topk])
+        rows, idx, val = rows[sel], idx[sel], val[sel]
+    counts = np.bincount(rows, minlength=n)
+    out_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=out_ptr[1:])
+    return out_ptr, idx, val
+
+
+def clean_queries(sp: SparseBatch, vocab_size: int = 0) -> SparseBatch:
+    """Queries in the form the search needs: words ascending, duplicates summed, zeros dropped.
+
+    Raises :class:`UsageError` for negative or non-finite weights or a different vocabulary.
+    """
+    _check_batch(sp, vocab_size, "queries")
+    ptr, idx, val = _canonical_rows(sp)
+    return SparseBatch(ptr, idx.astype(np.int32), val, sp.vocab_size, sp.vocab)
+
+
+def sparse_scores_reference(queries: SparseBatch, items: SparseBatch) -> np.ndarray:
+    """Brute-force ``float32 [n_queries, n_items]`` scores computed exactly as the index does.
+
+    For each query, the words are taken in ascending order and ``q_w * d_w`` accumulated in
+    ``float64``; the result is rounded to ``float32``. Meant for tests and small checks.
+    """
+    q = clean_queries(queries)
+    ip, ii, iv = _canonical_rows(items)
+    dense_items = np.zeros((len(ip) - 1, items.vocab_size), np.float64)
+    dense_items[np.repeat(np.arange(len(ip) - 1), np.diff(ip)), ii] = iv
+    out = np.zeros((len(q), len(ip) - 1), np.float32)
+    for r in range(len(q)):
+        idx, val = q.row(r)
+        acc = np.zeros(len(ip) - 1, np.float64)
+        for w, v in zip(idx, val, strict=True):
+            acc += np.float64(v) * dense_items[:, int(w)]
+        out[r] = acc.astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- segments
+@dataclass
+class Segment:
+    """One immutable block-max inverted index over some documents (see module docstring).
+
+    ``dead`` is a bitmap over internal positions (the only mutable part).
+    """
+
+    ids: np.ndarray  # int64 [m] external id of each internal position
+    terms: np.ndarray  # int32 [T] vocabulary id of each local word (ascending)
+    tptr: np.ndarray  # int64 [T+1] postings of each local word
+    pptr: np.ndarray  # int64 [T+1] blocks of each local word
+    pair_block: np.ndarray  # int32 [P] block id
+    pair_max: np.ndarray  # code [P] largest weight code in the block
+    pair_cnt: np.ndarray  # uint8 [P] postings in the block
+    post_off: np.ndarray  # uint8 [nnz] offset inside the block
+    post_code: np.ndarray  # code [nnz] weight code
+    codebook: np.ndarray  # float32 [C] ascending weights
+    bound: np.ndarray  # uint8 [C] ceil(255 * weight / largest weight): an 8-bit upper bound
+    dense_of: np.ndarray  # int32 [T] row of a dense word in dub/dcnt/dchk, -1 for others
+    dub: np.ndarray  # uint8 [D, blocks] bound of the largest weight per block (dense words)
+    dcnt: np.ndarray  # uint8 [D, blocks] postings per block (dense words)
+    dchk: np.ndarray  # int64 [D, blocks/32+1] first posting of every 32nd block (dense words)
+    pchk: np.ndarray  # int64 [P/32+1] first posting of every 32nd pair
+    dead: np.ndarray  # uint8 [ceil(m/8)+1] bitmap
+    block: int
+    n_dead: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    @property
+    def live(self) -> int:
+        return self.size - self.n_dead
+
+    def nbytes(self) -> int:
+        return int(sum(np.asarray(getattr(self, a)).nbytes for a in _ARRAYS) + self.dead.nbytes)
+
+    def dead_mask(self) -> np.ndarray:
+        """Bool per internal position: dead or not."""
+        return np.unpackbits(self.dead, bitorder="little")[: self.size].astype(bool)
+
+    def mark_dead(self, positions: np.ndarray) -> int:
+        """Mark internal positions dead; returns how many were newly marked."""
+        mask = self.dead_mask()
+        new = positions[~mask[positions]]
+        if len(new) == 0:
+            return 0
+        mask[new] = True
+        self.dead = np.packbits(np.concatenate([mask, [False]]), bitorder="little")
+        self.n_dead += len(new)
+        return len(new)
+
+    def to_rows(self, live_only: bool = True) -> tuple[np.ndarray, SparseBatch]:
+        """The documents back as ``(ids, CSR rows)`` (weights decoded from the codes)."""
+        k = _kernels()
+        docs = k.decode_postings(
+            np.asarray(self.tptr),
+            np.asarray(self.pptr),
+            np.asarray(self.pair_block),
+            np.asarray(self.pair_cnt),
+            np.asarray(self.post_off),
+            self.block,
+        )
+        term_of = np.repeat(np.arange(len(self.terms)), np.diff(np.asarray(self.tptr)))
+        order = np.argsort(docs, kind="stable")  # words stay ascending inside a document
+        docs = docs[order]
+        words = np.asarray(self.terms, np.int64)[term_of[order]]
+        vals = np.asarray(self.codebook)[np.asarray(self.post_code)[order]]
+        counts = np.bincount(docs, minlength=self.size)
+        ids = np.asarray(self.ids, np.int64)
+        if live_only and self.n_dead:
+            alive = ~self.dead_mask()
+            keep = alive[docs]
+            docs, words, vals = docs[keep], words[keep], vals[keep]
+            counts = counts[alive]
+            ids = ids[alive]
+        ptr = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        return ids, SparseBatch(ptr, words.astype(np.int32), vals.astype(np.float32), 0)
+
+
+def _codes(values: np.ndarray, q8: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Weights -> (codes, ascending codebook); see module docstring."""
+    if len(values) == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.float32)
+    if q8:
+        top = float(values.max())
+        scale = np.float32(top / 255.0)
+        codes = np.rint(np.clip(values.astype(np.float64) / (top / 255.0), 0, 255)).astype(np.uint8)
+        return codes, (np.arange(256, dtype=np.float32) * scale).astype(np.float32)
+    book, codes = np.unique(values, return_inverse=True)
+    if len(book) <= 256:
+        return codes.astype(np.uint8), book.astype(np.float32)
+    if len(book) <= 65536:
+        return codes.astype(np.uint16), book.astype(np.float32)
+    top = float(values.max())
+    codes = np.rint(values.astype(np.float64) / top * 65535).astype(np.uint16)
+    return codes, (np.arange(65536, dtype=np.float64) * (top / 65535)).astype(np.float32)
+
+
+def build_segment(
+    ids: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    block: int,
+    q8: bool,
+) -> Segment:
+    """A segment over rows in canonical form (words ascending, weights > 0)."""
+    k = _kernels()
+    n = len(ids)
+    terms, loc = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    codes, book = _codes(np.asarray(values, np.float32), q8)
+    if q8 and len(codes):  # weights that round to 0 drop out
+        keep = codes > 0
+        if not keep.all():
+            rows = np.repeat(np.arange(n), np.diff(indptr))[keep]
+            loc, codes = loc[keep], codes[keep]
+            indptr = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+            terms, loc2 = np.unique(terms[loc], return_inverse=True)
+            loc = loc2
+    loc = loc.astype(np.int64)
+    # documents with the same heaviest words next to each other
+    sig = k.row_signatures(indptr, loc, codes, 3)
+    perm = (
+        np.lexsort((np.arange(n), sig[:, 2], sig[:, 1], sig[:, 0])) if n else np.zeros(0, np.int64)
+    )
+    lens = np.diff(indptr)[perm]
+    new_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=new_ptr[1:])
+    src = np.repeat(indptr[:-1][perm], lens) + (
+        np.arange(int(new_ptr[-1])) - np.repeat(new_ptr[:-1], lens)
+    )
+    tptr, post_off, post_code, pptr, pair_block, pair_max, pair_cnt = k.build_postings(
+        new_ptr, loc[src], codes[src], len(terms), block, np.zeros(1, codes.dtype)
+    )
+    pair_block = pair_block.astype(np.int32)
+    pair_cnt = pair_cnt.astype(np.uint8)
+    vmax = float(book[-1]) if len(book) else 1.0
+    bound = np.minimum(
+        255, np.ceil(book.astype(np.float64) / max(vmax, 1e-30) * 255.0 * (1 + 1e-12))
+    ).astype(np.uint8)
+    n_blocks = (n + block - 1) // block
+    dense_of, dub, dcnt, dchk, pchk = k.build_bounds(
+        tptr, pptr, pair_block, pair_max, pair_cnt, bound, n_blocks,
+        max(1, n_blocks // DENSE_SHARE),
+    )  # fmt: skip
+    return Segment(
+        ids=np.asarray(ids, np.int64)[perm],
+        terms=terms.astype(np.int32),
+        tptr=tptr,
+        pptr=pptr,
+        pair_block=pair_block,
+        pair_max=pair_max,
+        pair_cnt=pair_cnt,
+        post_off=post_off,
+        post_code=post_code,
+        codebook=book,
+        bound=bound,
+        dense_of=dense_of,
+        dub=dub,
+        dcnt=dcnt,
+        dchk=dchk,
+        pchk=pchk,
+        dead=np.zeros(n // 8 + 1, np.uint8),
+        block=block,
+    )
+
+
+def _merge_rows(parts: Sequence[tuple[np.ndarray, SparseBatch]]) -> tuple[np.ndarray, SparseBatch]:
+    ids = np.concatenate([p[0] for p in parts])
+    return ids, SparseBatch.concat([p[1] for p in parts])
+
+
+# ----------------------------------------------------------------------------- the kind
+def _float_option(spec: IndexSpec, key: str, default: float, lo: float, hi: float) -> float:
+    v = spec.option(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo < float(v) <= hi:
+        raise UsageError(f"option {key} of {spec.kind} must be a number in ({lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+def _int_option(spec: IndexSpec, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    v = spec.option(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise UsageError(
+            f"option {key} of {spec.kind} must be an integer in [{lo}, {hi}], got {v!r}"
+        )
+    return int(v)
+
+
+@register_kind
+class SparseKind(IndexKind):
+    """Block-max inverted index over lexical weights; exact or budgeted (see module docstring)."""
+
+    kind: ClassVar[str] = "sparse"
+    needs_sparse: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        vocab_size: int = 0,
+        block: int = DEFAULT_BLOCK,
+        topk: int | None = None,
+        q8: bool = False,
+        budget: float = 1.0,
+        segments: list[Segment] | None = None,
+    ) -> None:
+        if not 1 <= block <= MAX_BLOCK:
+            raise UsageError(f"sparse block must be between 1 and {MAX_BLOCK}, got {block}")
+        self.vocab_size = int(vocab_size)
+        self.block = int(block)
+        self.topk = topk
+        self.q8 = bool(q8)
+        self.budget = float(budget)
+        self.segments: list[Segment] = list(segments or [])
+        # per segment: its ids sorted and their internal positions (built on first use)
+        self._where: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: IndexSpec, ctx: KindContext) -> SparseKind:
+        if spec.number is not None or spec.children or spec.encoding:
+            raise UsageError(f"sparse takes options only, e.g. sparse(budget=0.05): {spec}")
+        bad = [k for k, _ in spec.options if k not in _OPTIONS]
+        if bad:
+            raise UsageError(
+                f"unknown option {bad[0]!r} for sparse; allowed: {', '.join(_OPTIONS)}"
+            )
+        q8 = spec.option("q8", False)
+        if q8 is not True and q8 is not False:
+            raise UsageError(f"q8 is a flag (sparse(q8)), got q8={q8!r}")
+        return cls(
+            vocab_size=ctx.vocab_size,
+            block=_int_option(spec, "block", DEFAULT_BLOCK, 1, MAX_BLOCK) or DEFAULT_BLOCK,
+            topk=_int_option(spec, "topk", None, 1, 1 << 20),
+            q8=bool(q8),
+            budget=_float_option(spec, "budget", 1.0, 0.0, 1.0),
+        )
+
+    # -- changes ------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: Vectors) -> None:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if vectors.sparse is None:
+            raise UsageError("the sparse index needs lexical (sparse) vectors")
+        sp = vectors.sparse
+        if len(sp) != len(ids):
+            raise UsageError(f"got {len(ids)} ids for {len(sp)} sparse vectors")
+        if len(ids) == 0:
+            return
+        _check_batch(sp, self.vocab_size, "items")
+        if not self.vocab_size:
+            self.vocab_size = int(sp.vocab_size)
+        ptr, idx, val = _canonical_rows(sp, self.topk)
+        self.segments.append(build_segment(ids, ptr, idx, val, self.block, self.q8))
+        while len(self.segments) > 1 and (
+            self.segments[-1].live >= MERGE_RATIO * self.segments[-2].live
+        ):
+            b = self.segments.pop()
+            a = self.segments.pop()
+            self.segments.append(self._rebuild([a, b]))
+        self._where = None
+
+    def _rebuild(self, segs: Sequence[Segment]) -> Segment:
+        ids, rows = _merge_rows([s.to_rows() for s in segs])
+        ptr, idx, val = _canonical_rows(rows)
+        # the weights are already codes' values: re-coding is lossless (q8 grids included)
+        return build_segment(ids, ptr, idx, val, self.block, False)
+
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment, internal position)`` of each id (``-1, -1`` when absent)."""
+        if self._where is None:
+            self._where = []
+            for seg in self.segments:
+                order = np.argsort(np.asarray(seg.ids), kind="stable")
+                self._where.append((np.asarray(seg.ids)[order], order))
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        seg_of = np.full(len(ids), -1, np.int64)
+        pos_of = np.full(len(ids), -1, np.int64)
+        for si, (sorted_ids, order) in enumerate(self._where):
+            if len(sorted_ids) == 0:
+                continue
+            at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+            hit = (sorted_ids[at] == ids) & (seg_of < 0)
+            seg_of[hit] = si
+            pos_of[hit] = order[at[hit]]
+        return seg_of, pos_of
+
+    def remove(self, ids: np.ndarray) -> int:
+        seg_of, pos_of = self._locate(np.unique(np.asarray(ids, dtype=np.int64)))
+        removed = 0
+        for si in np.unique(seg_of[seg_of >= 0]).tolist():
+            removed += self.segments[si].mark_dead(pos_of[seg_of == si])
+        if removed:
+            segs = []
+            for s in self.segments:
+                if s.n_dead > REBUILD_DEAD_SHARE * s.size:
+                    if s.live:
+                        segs.append(self._rebuild([s]))
+                else:
+                    segs.append(s)
+            self.segments = segs
+            self._where = None
+        return removed
+
+    # -- search -------------------------------------------------------------------------
+    def search(
+        self, queries: Vectors, k: int, params: SearchParams | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if queries.sparse is None:
+            raise UsageError("the sparse index needs lexical query vectors (a lexical model)")
+        q = clean_queries(queries.sparse, self.vocab_size)
+        n = len(q)
+        if k <= 0:
+            return empty_results(n, 0)
+        budget = self.budget
+        if params is not None and params.sparse_budget is not None:
+            budget = float(params.sparse_budget)
+            if not 0.0 < budget <= 1.0:
+                raise UsageError(f"sparse_budget must be in (0, 1], got {budget}")
+        s, i, _ = self._search(q, k, budget)
+        return s, i
+
+    def _search(
+        self, q: SparseBatch, k: int, budget: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        kern = _kernels()
+        n = len(q)
+        hs = np.full((n, k), -np.inf, np.float32)
+        hi = np.full((n, k), -1, np.int64)
+        sizes = np.zeros(n, np.int64)
+        stats = np.zeros((n, 3), np.int64)
+        qp = np.asarray(q.indptr, np.int64)
+        qi = np.asarray(q.indices, np.int64)
+        qv = np.asarray(q.values, np.float32)
+        # the largest segment first: its results raise the bar for the others
+        for s in sorted(self.segments, key=lambda s: -s.live):
+            if s.live == 0:
+                continue
+            kern.search_segment(
+                qp, qi, qv,
+                _arr(s.terms), _arr(s.tptr), _arr(s.post_off), _arr(s.post_code),
+                _arr(s.pptr), _arr(s.pair_block), _arr(s.pair_max), _arr(s.pair_cnt),
+                _arr(s.codebook), _arr(s.bound), _arr(s.dense_of), _arr(s.dub), _arr(s.dcnt),
+                _arr(s.dchk), _arr(s.pchk), _arr(s.ids), s.dead, s.size, s.block,
+                hs, hi, sizes, k, budget, stats,
+            )  # fmt: skip
+        out_s, out_i = empty_results(n, k)
+        kern.heap_sorted(hs, hi, sizes, out_s, out_i)
+        return out_s, out_i, stats
+
+    def search_stats(
+        self, queries: Vectors, k: int, params: SearchParams | None = None
+    ) -> dict[str, float]:
+        """Work done by a search: mean postings scored, blocks scored and postings in the
+        query words' lists (for benchmarks and tuning ``budget``)."""
+        q = clean_queries(queries.sparse, self.vocab_size) if queries.sparse is not None else None
+        if q is None:
+            raise UsageError("the sparse index needs lexical query vectors")
+        budget = (
+            self.budget if params is None or params.sparse_budget is None else params.sparse_budget
+        )
+        _, _, st = self._search(q, k, float(budget))
+        mean = st.mean(axis=0) if len(st) else np.zeros(3)
+        return {"postings_scored": float(mean[0]), "blocks_scored": float(mean[1]),
+                "postings_total": float(mean[2])}  # fmt: skip
+
+    # -- explanations -----------------------------------------------------------------------
+    def explain(
+        self, query: SparseBatch, ids: Sequence[int], vocab: Sequence[str] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """For each id, the words it shares with the (single-row) ``query`` and their
+        contributions, from the weights stored in this index (largest contribution first)."""
+        kern = _kernels()
+        q = clean_queries(query, self.vocab_size)
+        if len(q) != 1:
+            raise UsageError("explain takes one query")
+        words, qw = q.row(0)
+        seg_of, pos_of = self._locate(np.asarray(ids, np.int64))
+        out = []
+        for si, pos in zip(seg_of.tolist(), pos_of.tolist(), strict=True):
+            if si < 0:
+                out.append([])
+                continue
+            s = self.segments[si]
+            w = kern.lookup_weights(
+                np.asarray(words, np.int64), _arr(s.terms), _arr(s.tptr), _arr(s.post_off),
+                _arr(s.post_code), _arr(s.pptr), _arr(s.pair_block), _arr(s.pair_cnt),
+                _arr(s.codebook), pos, s.block,
+            )  # fmt: skip
+            out.append(_contributions(words, qw, w, vocab or query.vocab))
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, directory: Path) -> list[str]:
+        directory = Path(directory)
+        names = []
+        for si, s in enumerate(self.segments):
+            for a in (*_ARRAYS, "dead"):
+                name = f"seg{si}_{a}.npy"
+                np.save(directory / name, np.asarray(getattr(s, a)))
+                names.append(name)
+        meta = {
+            "vocab_size": self.vocab_size,
+            "block": self.block,
+            "topk": self.topk,
+            "q8": self.q8,
+            "budget": self.budget,
+            "segments": [
+                {"size": s.size, "n_dead": s.n_dead, "block": s.block} for s in self.segments
+            ],
+        }
+        (directory / "sparse.json").write_text(json.dumps(meta))
+        return [*names, "sparse.json"]
+
+    @classmethod
+    def load(cls, directory: Path, options: dict[str, Any], mmap: bool = True) -> SparseKind:
+        directory = Path(directory)
+        meta = json.loads((directory / "sparse.json").read_text())
+        mode = "r" if mmap else None
+        segs = []
+        for si, sm in enumerate(meta["segments"]):
+            arrs = {a: np.load(directory / f"seg{si}_{a}.npy", mmap_mode=mode) for a in _ARRAYS}
+            dead = np.array(np.load(directory / f"seg{si}_dead.npy"))
+            segs.append(
+                Segment(**arrs, dead=dead, block=int(sm["block"]), n_dead=int(sm["n_dead"]))
+            )
+        spec = options.get("spec")
+        ctx = options.get("context")
+        self = cls(
+            vocab_size=int(meta["vocab_size"]),
+            block=int(meta["block"]),
+            topk=meta["topk"],
+            q8=bool(meta["q8"]),
+            budget=float(meta["budget"]),
+            segments=segs,
+        )
+        if isinstance(spec, IndexSpec) and spec.kind == cls.kind:
+            # the spec in the manifest is authoritative for query-time defaults
+            opened = cls.from_spec(spec, ctx if isinstance(ctx, KindContext) else KindContext())
+            self.budget = opened.budget
+        return self
+
+    @property
+    def ntotal(self) -> int:
+        return int(sum(s.live for s in self.segments))
+
+    def memory_bytes(self) -> int:
+        return int(sum(s.nbytes() for s in self.segments))
+
+
+def _arr(a: np.ndarray) -> np.ndarray:
+    """A plain ndarray view (memory maps included) for the compiled kernels."""
+    return a.view(np.ndarray) if isinstance(a, np.memmap) else a
+
+
+def _contributions(
+    words: np.ndarray, qw: np.ndarray, dw: np.ndarray, vocab: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    rows = []
+    for w, a, b in zip(np.asarray(words).tolist(), np.asarray(qw), np.asarray(dw), strict=True):
+        if b > 0 and a > 0:
+            word = vocab[w] if vocab is not None and 0 <= w < len(vocab) else f"#{w}"
+            rows.append(
+                {
+                    "word": str(word),
+                    "id": int(w),
+                    "query": float(a),
+                    "item": float(b),
+                    "contribution": float(np.float64(a) * np.float64(b)),
+                }
+            )
+    rows.sort(key=lambda r: (-r["contribution"], r["id"]))
+    return rows
+
+
+def explain(
+    query: SparseBatch, item: SparseBatch | None, vocab: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The words a one-row ``query`` and a one-row ``item`` share, with their contributions.
+
+    Each entry: ``word`` (its string from ``vocab``, else ``#id``), ``id``, ``query`` and
+    ``item`` weights and ``contribution = query * item``; sorted by contribution, largest
+    first (ties by word id). Their sum is the item's score.
+    """
+    if item is None or len(item) == 0:
+        return []
+    q = clean_queries(query)
+    it = clean_queries(item)
+    qwords, qw = q.row(0)
+    iwords, iw = it.row(0)
+    common, qa, ib = np.intersect1d(qwords, iwords, assume_unique=True, return_indices=True)
+    return _contributions(common, qw[qa], iw[ib], vocab or query.vocab or item.vocab)

@@ -1,0 +1,290 @@
+"""The ``sparse`` index kind against a naive brute force (dense loops) on random data with ties."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from lexlens.errors import UsageError
+from lexlens.index.base import KindContext, SearchParams, Vectors
+from lexlens.index.sparse import SparseKind, explain
+from lexlens.index.spec import create_kind, load_kind, parse_spec
+from lexlens.models.base import SparseBatch
+
+VOCAB = 60
+
+
+def random_batch(
+    rng: np.random.Generator, n: int, max_nnz: int, levels: int = 8, vocab: int = VOCAB
+) -> SparseBatch:
+    """Rows with 0..max_nnz words; weights on a coarse grid so that scores tie often."""
+    dense = np.zeros((n, vocab), np.float32)
+    popular = rng.permutation(vocab)
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    for r in range(n):
+        cnt = int(rng.integers(0, max_nnz + 1))
+        words = rng.choice(popular, size=cnt, replace=False, p=p)
+        dense[r, words] = rng.integers(1, levels + 1, cnt) * np.float32(0.25)
+    return SparseBatch.from_dense(dense, vocab=[f"w{i}" for i in range(vocab)])
+
+
+def brute(queries: SparseBatch, items: SparseBatch, ids: np.ndarray, k: int):
+    """Naive reference: float64 sums in ascending word order, rounded to float32; items with
+    score 0 are not hits; order (-score, id); -1 / -inf padding."""
+    x = items.to_dense().astype(np.float64)
+    out_s = np.full((len(queries), k), -np.inf, np.float32)
+    out_i = np.full((len(queries), k), -1, np.int64)
+    for r in range(len(queries)):
+        words, vals = queries.row(r)
+        order = np.argsort(words)
+        acc = np.zeros(len(ids), np.float64)
+        for j in order:
+            acc += np.float64(vals[j]) * x[:, int(words[j])]
+        s32 = acc.astype(np.float32)
+        hits = sorted(
+            ((float(s32[c]), int(ids[c])) for c in range(len(ids)) if s32[c] > 0),
+            key=lambda t: (-t[0], t[1]),
+        )[:k]
+        for c, (s, i) in enumerate(hits):
+            out_s[r, c], out_i[r, c] = s, i
+    return out_s, out_i
+
+
+def build(spec: str, items: SparseBatch, ids: np.ndarray, batches: int = 1) -> SparseKind:
+    kind = create_kind(parse_spec(spec), KindContext(vocab_size=VOCAB))
+    for part in np.array_split(np.arange(len(ids)), batches):
+        kind.add(ids[part], Vectors(sparse=take(items, part)))
+    return kind
+
+
+def take(b: SparseBatch, rows: np.ndarray) -> SparseBatch:
+    return SparseBatch.from_dense(b.to_dense()[rows], vocab=b.vocab)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    items = random_batch(rng, 700, 8)
+    queries = random_batch(rng, 40, 4, levels=3)
+    ids = rng.permutation(100_000)[:700].astype(np.int64)
+    return items, queries, ids
+
+
+@pytest.mark.parametrize(
+    "spec,batches",
+    [("sparse", 1), ("sparse(block=1)", 3), ("sparse(block=4)", 5), ("sparse(block=128)", 2)],
+)
+@pytest.mark.parametrize("k", [1, 10, 800])
+def test_exact_search_equals_brute_force(data, spec: str, batches: int, k: int) -> None:
+    items, queries, ids = data
+    kind = build(spec, items, ids, batches)
+    s, i = kind.search(Vectors(sparse=queries), k)
+    es, ei = brute(queries, items, ids, k)
+    assert s.dtype == np.float32 and i.dtype == np.int64 and s.shape == (len(queries), k)
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(s, es)
+    assert kind.ntotal == len(ids)
+
+
+def test_padding_when_few_items_share_a_word() -> None:
+    rng = np.random.default_rng(1)
+    items = random_batch(rng, 50, 3, vocab=VOCAB)
+    dense = np.zeros((2, VOCAB), np.float32)
+    used = np.unique(items.indices)
+    unused = np.setdiff1d(np.arange(VOCAB), used)
+    dense[0, used[-1]] = 1.0  # a rare word: few hits, rest padded
+    if len(unused):
+        dense[1, unused[0]] = 2.0  # a word no item has: no hits at all
+    q = SparseBatch.from_dense(dense)
+    kind = build("sparse", items, np.arange(50))
+    s, i = kind.search(Vectors(sparse=q), 20)
+    es, ei = brute(q, items, np.arange(50), 20)
+    np.testing.assert_array_equal(i, ei)
+    assert (i[0] == -1).any() and np.isneginf(s[i == -1]).all()
+    if len(unused):
+        assert (i[1] == -1).all()
+
+
+def test_save_load_round_trip_and_mmap(data, tmp_path) -> None:
+    items, queries, ids = data
+    spec = parse_spec("sparse(block=8,budget=1.0)")
+    kind = build(str(spec), items, ids, batches=3)
+    kind.remove(ids[:5])
+    kind.save(tmp_path)
+    want = kind.search(Vectors(sparse=queries), 10)
+    for mmap in (True, False):
+        opened = load_kind(spec, tmp_path, KindContext(vocab_size=VOCAB), mmap=mmap)
+        assert isinstance(opened.segments[0].post_code, np.memmap) == mmap
+        got = opened.search(Vectors(sparse=queries), 10)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        assert opened.ntotal == kind.ntotal
+    # a loaded (memory-mapped) index accepts changes and saves again
+    opened = load_kind(spec, tmp_path, KindContext(vocab_size=VOCAB), mmap=True)
+    opened.remove(ids[5:10])
+    out = tmp_path / "again"
+    out.mkdir()
+    opened.save(out)
+    again = load_kind(spec, out, KindContext(vocab_size=VOCAB))
+    es, ei = brute(queries, take(items, np.arange(10, len(ids))), ids[10:], 10)
+    np.testing.assert_array_equal(again.search(Vectors(sparse=queries), 10)[1], ei)
+
+
+def test_remove_matches_brute_force_on_the_rest(data) -> None:
+    items, queries, ids = data
+    kind = build("sparse(block=4)", items, ids, batches=4)
+    rng = np.random.default_rng(5)
+    gone = rng.choice(ids, size=300, replace=False)  # enough to rebuild some segments
+    assert kind.remove(np.concatenate([gone, [-5, 10**9]])) == 300
+    assert kind.remove(gone[:10]) == 0
+    keep = ~np.isin(ids, gone)
+    es, ei = brute(queries, take(items, np.flatnonzero(keep)), ids[keep], 15)
+    s, i = kind.search(Vectors(sparse=queries), 15)
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(s, es)
+    assert kind.ntotal == int(keep.sum())
+    # removed ids can come back
+    kind.add(gone[:3], Vectors(sparse=take(items, np.flatnonzero(np.isin(ids, gone[:3])))))
+    assert kind.ntotal == int(keep.sum()) + 3
+
+
+def test_budget_is_approximate_but_scores_are_true(data) -> None:
+    rng = np.random.default_rng(11)
+    # clustered items: each item draws most words from one of a few topics
+    topics = [rng.choice(VOCAB, 8, replace=False) for _ in range(12)]
+    dense = np.zeros((3000, VOCAB), np.float32)
+    for r in range(3000):
+        t = topics[r % 12]
+        words = np.concatenate([rng.choice(t, 4, replace=False), rng.choice(VOCAB, 2)])
+        dense[r, words] = rng.integers(1, 255, len(words)) * np.float32(4 / 255)
+    items = SparseBatch.from_dense(dense)
+    queries = SparseBatch.from_dense(dense[rng.choice(3000, 30)] * (rng.random((30, VOCAB)) < 0.5))
+    ids = np.arange(3000)
+    kind = build("sparse(block=8)", items, ids)
+    exact = kind.search(Vectors(sparse=queries), 10)[1]
+    ref_scores = (queries.to_dense().astype(np.float64) @ dense.T.astype(np.float64)).astype(
+        np.float32
+    )
+    recalls = []
+    for budget in (0.02, 0.2, 1.0):
+        s, i = kind.search(Vectors(sparse=queries), 10, SearchParams(sparse_budget=budget))
+        for r in range(len(i)):
+            got = i[r][i[r] >= 0]
+            np.testing.assert_allclose(s[r][: len(got)], ref_scores[r, got], rtol=1e-5)
+        recalls.append(np.mean([len(set(i[r]) & set(exact[r])) / 10 for r in range(len(i))]))
+    stats = kind.search_stats(Vectors(sparse=queries), 10, SearchParams(sparse_budget=0.02))
+    assert stats["postings_scored"] < 0.2 * stats["postings_total"]
+    assert recalls[-1] == 1.0
+    assert recalls[0] <= recalls[1] + 0.05
+    with pytest.raises(UsageError):
+        kind.search(Vectors(sparse=queries), 10, SearchParams(sparse_budget=0.0))
+
+
+def test_threads_search_at_once(data) -> None:
+    items, queries, ids = data
+    kind = build("sparse(block=4)", items, ids, batches=2)
+    want = kind.search(Vectors(sparse=queries), 10)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(20):
+                got = kind.search(Vectors(sparse=queries), 10)
+                np.testing.assert_array_equal(got[1], want[1])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_explain_lists_shared_words_and_contributions(data) -> None:
+    items, queries, ids = data
+    kind = build("sparse", items, ids, batches=2)
+    s, i = kind.search(Vectors(sparse=take(queries, np.array([0]))), 5)
+    q = take(queries, np.array([0]))
+    row = {int(x): r for r, x in enumerate(ids)}
+    from_kind = kind.explain(q, [int(x) for x in i[0] if x >= 0], vocab=items.vocab)
+    for c, hit in enumerate(i[0]):
+        if hit < 0:
+            continue
+        item = take(items, np.array([row[int(hit)]]))
+        ex = explain(q, item, items.vocab)
+        assert ex == from_kind[c]
+        contrib = [e["contribution"] for e in ex]
+        assert contrib == sorted(contrib, reverse=True)
+        assert np.float32(sum(contrib)) == pytest.approx(s[0, c], rel=1e-6)
+        for e in ex:
+            assert e["word"] == f"w{e['id']}"
+            assert e["contribution"] == pytest.approx(e["query"] * e["item"])
+    assert kind.explain(q, [123456789])[0] == []
+
+
+def test_topk_and_q8_options() -> None:
+    rng = np.random.default_rng(2)
+    dense = rng.random((200, VOCAB)).astype(np.float32) * (rng.random((200, VOCAB)) < 0.3)
+    items = SparseBatch.from_dense(dense)
+    queries = SparseBatch.from_dense(
+        rng.random((10, VOCAB)).astype(np.float32) * (rng.random((10, VOCAB)) < 0.2)
+    )
+    ids = np.arange(200)
+    # more than 256 distinct weights: stored without loss (16-bit codes)
+    s, i = build("sparse", items, ids).search(Vectors(sparse=queries), 7)
+    es, ei = brute(queries, items, ids, 7)
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_array_equal(s, es)
+    # topk: only the heaviest words of each item are kept
+    top3 = SparseBatch.from_dense(dense, top_k=3)
+    s, i = build("sparse(topk=3)", items, ids).search(Vectors(sparse=queries), 7)
+    es, ei = brute(queries, top3, ids, 7)
+    np.testing.assert_array_equal(i, ei)
+    # q8: weights on a uniform 8-bit grid of 0..max
+    top = float(dense.max())
+    grid = (np.rint(dense / (top / 255)) * np.float32(top / 255)).astype(np.float32)
+    s, i = build("sparse(q8)", items, ids).search(Vectors(sparse=queries), 7)
+    es, ei = brute(queries, SparseBatch.from_dense(grid), ids, 7)
+    np.testing.assert_array_equal(i, ei)
+    np.testing.assert_allclose(s, es, rtol=1e-6)
+
+
+def test_spec_options_and_bad_input(data) -> None:
+    items, queries, ids = data
+    assert str(parse_spec("sparse(budget=0.05,block=8)")) == "sparse(budget=0.05,block=8)"
+    for bad in (
+        "sparse(budget=2)",
+        "sparse(block=0)",
+        "sparse(block=300)",
+        "sparse(foo=1)",
+        "sparse4",
+        "sparse(q8=3)",
+    ):
+        with pytest.raises(UsageError):
+            create_kind(parse_spec(bad), KindContext(vocab_size=VOCAB))
+    kind = build("sparse", items, ids)
+    neg = SparseBatch(
+        np.array([0, 1]), np.array([3], np.int32), np.array([-1.0], np.float32), VOCAB
+    )
+    with pytest.raises(UsageError):
+        kind.search(Vectors(sparse=neg), 3)
+    other = SparseBatch(np.array([0, 1]), np.array([3], np.int32), np.array([1.0], np.float32), 99)
+    with pytest.raises(UsageError):
+        kind.search(Vectors(sparse=other), 3)
+    with pytest.raises(UsageError):
+        kind.add(np.array([1]), Vectors(sparse=neg))
+    with pytest.raises(UsageError):
+        kind.search(Vectors(dense=np.zeros((1, 4), np.float32)), 3)
+    # duplicate words in a query are summed
+    dup = SparseBatch(
+        np.array([0, 2]), np.array([3, 3], np.int32), np.array([0.5, 0.5], np.float32), VOCAB
+    )
+    one = SparseBatch(np.array([0, 1]), np.array([3], np.int32), np.array([1.0], np.float32), VOCAB)
+    np.testing.assert_array_equal(
+        kind.search(Vectors(sparse=dup), 5)[1], kind.search(Vectors(sparse=one), 5)[1]
+    )
