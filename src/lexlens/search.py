@@ -11,7 +11,8 @@ Query types (:class:`Query`):
   weights are mixed the same way (without the normalisation);
 * ``Query(item=123)``: an item's own stored vectors ("more like this"; the item itself
   comes first);
-* ``Query(embedding=vec)``: a raw ``float32 [d]`` embedding (dense indexes only).
+* ``Query(embedding=vec)``: a raw ``float32 [d]`` embedding (dense indexes; a hybrid index
+  answers it from its dense part).
 
 Lexical indexes (``sparse``, ``hybrid(...)``) encode query texts in a ``query_mode`` (see
 :data:`lexlens.models.base.QUERY_MODES`): ``"encoder"`` (the full text encoder, the
@@ -202,8 +203,16 @@ def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "en
                 )
             dense[i] = l2_normalize(e[None, :])[0]
             if want_sparse:
-                raise UsageError(
-                    f"raw-embedding queries need a dense index; this one is {index.spec}"
+                if not spec_needs(index.spec)[0]:
+                    raise UsageError(
+                        f"raw-embedding queries need a dense index; this one is {index.spec}"
+                    )
+                # a hybrid index answers it from its dense part: no words to match
+                sparse_rows[i] = SparseBatch(
+                    np.zeros(2, np.int64),
+                    np.zeros(0, np.int32),
+                    np.zeros(0, np.float32),
+                    index._state.manifest.vocab_size,
                 )
     sparse = None
     if want_sparse:
@@ -399,5 +408,12 @@ def format_results(res: SearchResults) -> str:
                 what += f'  "{h.captions[0]}"'
             lines.append(f"  {h.rank:>3}  {h.score:7.4f}  #{h.id:<7} {what}")
             if h.explain:
-                lines.append(f"       shared words: {h.explain}")
+                lines.append(f"       shared words: {_format_explain(h.explain)}")
     return "\n".join(lines)
+
+
+def _format_explain(explain: Any) -> str:
+    """``word contribution, ...`` for the sparse kind's explanations; anything else as text."""
+    if isinstance(explain, list) and all(isinstance(e, dict) and "word" in e for e in explain):
+        return ", ".join(f"{e['word']} {e['contribution']:.3f}" for e in explain)
+    return str(explain)

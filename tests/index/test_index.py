@@ -60,7 +60,7 @@ def collection(tmp_path_factory):
     records = write_collection(root / "src", 60)
     enc = FakeEncoder()
     items = _items(root / "src", records)
-    idx = Index.build(items, enc, root / "idx", progress=False, workers=0)
+    idx = Index.build(items, enc, root / "idx", spec="flat", progress=False, workers=0)
     vecs = enc.encode_images([s.path for s in items])
     return root, records, items, enc, idx, vecs
 

@@ -124,6 +124,8 @@ def test_index_build_and_add_from_a_dataset_folder(tmp_path, fake_backend, capsy
             fake_backend,
             "--out",
             str(tmp_path / "idx"),
+            "--spec",
+            "flat",
             "--json",
         ],
     )

@@ -183,26 +183,30 @@ def test_budget_is_approximate_but_scores_are_true(data) -> None:
         kind.search(Vectors(sparse=queries), 10, SearchParams(sparse_budget=0.0))
 
 
-def test_threads_search_at_once(data) -> None:
-    items, queries, ids = data
-    kind = build("sparse(block=4)", items, ids, batches=2)
-    want = kind.search(Vectors(sparse=queries), 10)
+def assert_threads_agree(search, want: np.ndarray, threads: int = 4, repeats: int = 20) -> None:
+    """``search()`` from several threads at once always returns the ids ``want``."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            for _ in range(20):
-                got = kind.search(Vectors(sparse=queries), 10)
-                np.testing.assert_array_equal(got[1], want[1])
+            for _ in range(repeats):
+                np.testing.assert_array_equal(search()[1], want)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for t in pool:
         t.start()
-    for t in threads:
+    for t in pool:
         t.join()
     assert not errors
+
+
+def test_threads_search_at_once(data) -> None:
+    items, queries, ids = data
+    kind = build("sparse(block=4)", items, ids, batches=2)
+    want = kind.search(Vectors(sparse=queries), 10)[1]
+    assert_threads_agree(lambda: kind.search(Vectors(sparse=queries), 10), want)
 
 
 def test_explain_lists_shared_words_and_contributions(data) -> None:

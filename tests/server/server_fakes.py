@@ -30,7 +30,7 @@ def build_collection(root: Path, n: int = 36) -> tuple[Path, list[dict], list[So
         )
         for r in records
     ]
-    Index.build(items, FakeEncoder(), root / "idx", progress=False, workers=0)
+    Index.build(items, FakeEncoder(), root / "idx", spec="flat", progress=False, workers=0)
     return root / "idx", records, items
 
 

@@ -109,7 +109,7 @@ def _kernels() -> Any:
 
 # ----------------------------------------------------------------------------- input checks
 def _check_batch(sp: SparseBatch, vocab_size: int, what: str) -> None:
-    if vocab_size and sp.vocab_size != vocab_size:
+    if vocab_size and sp.vocab_size != vocab_size and len(sp.indices):
         raise UsageError(
             f"{what} use a vocabulary of {sp.vocab_size} words; this index uses {vocab_size}"
         )

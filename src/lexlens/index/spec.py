@@ -325,7 +325,15 @@ def default_spec(n_items: int, has_lexical: bool = False, dim: int | None = None
       and ``M`` = ``dim / 4`` sub-quantisers (a quarter byte per dimension) -- RAM matters
       more than the last point of recall at that size;
     * with a lexical model (``has_lexical``) the dense part is wrapped as
-      ``hybrid(sparse,DENSE)`` when the hybrid kind is available.
+      ``hybrid(sparse,DENSE)`` at every size (``hybrid(sparse,flat)`` below 50,000 items,
+      ``hybrid(sparse,hnsw32)`` up to 5 million, ``hybrid(sparse,ivfN,pqM)`` beyond): the exact
+      inverted index (:mod:`lexlens.index.sparse`) finds the candidates sharing words with
+      the query, 100 of them are re-scored by their dense embeddings (``fusion=rerank``), every
+      hit can list its shared words, and queries without words (raw embeddings, or words the
+      lexicon does not know) are answered by the dense part, which keeps its usual speed.
+      The inverted index is exact at every size: at 1 million items its single-query
+      latency is already a small fraction of exact dense search (README, ``lexlens bench
+      search``); pass ``sparse(budget=...)`` in a spec to trade recall for speed.
     """
     n = max(0, int(n_items))
     if n < FLAT_LIMIT:
