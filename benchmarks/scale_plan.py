@@ -25,7 +25,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ASSUMPTIONS", "load_measurements", "encode_table", "serve_table", "main"]
+__all__ = [
+    "ASSUMPTIONS",
+    "PLAN",
+    "load_measurements",
+    "encode_table",
+    "serve_table",
+    "plans_table",
+    "main",
+]
 
 SIZES = (100_000_000, 1_000_000_000, 5_000_000_000)
 LABELS = ("100M", "1B", "5B")
@@ -116,6 +124,7 @@ SERVE_KINDS = [
     ("flat", "fp32, exact scan"),
     ("sq16", "fp16, exact scan"),
     ("hnsw32", "fp32 + HNSW graph"),
+    ("ivf1024,sq8", "IVF + 8-bit scalar"),
     ("ivf1024,pq64", "IVF + PQ 64 B"),
 ]
 
@@ -168,6 +177,55 @@ def serve_table(m: dict[str, Any], a: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: the structure chosen per collection size, and the lexical weights kept (count, bytes each)
+PLAN = (
+    (100_000_000, "hnsw32", (64, 4)),
+    (1_000_000_000, "ivf1024,sq8", (16, 1)),
+    (5_000_000_000, "ivf1024,pq64", (16, 1)),
+)
+
+
+def _shard(kind_row: dict[str, Any], kind: str, n: int, a: dict[str, Any]) -> tuple[int, float]:
+    """(nodes per replica group, single-query ms on one node's shard) for ``n`` items."""
+    budget = a["node_ram_gib"] * 2**30 * a["ram_share"]
+    per = kind_row["memory_bytes"] / kind_row["n"] + a["meta_bytes_per_item"]
+    nodes = max(1, math.ceil(n * per / budget))
+    ms = kind_row["p50_ms"] * _latency_growth(kind, n / nodes, kind_row["n"])
+    return nodes, ms
+
+
+def plans_table(m: dict[str, Any], a: dict[str, Any]) -> str:
+    """The chosen structure per size: nodes for dense and lexical, QPS with the replicas."""
+    budget = a["node_ram_gib"] * 2**30 * a["ram_share"]
+    per_gpu_node = a["gpu_images_per_s"] * a["gpus_per_node"]
+    lines = [
+        "| | " + " | ".join(LABELS) + " |",
+        "| --- | " + " | ".join("---" for _ in LABELS) + " |",
+    ]
+    cells: dict[str, list[str]] = {k: [] for k in ("encode", "dense", "lexical", "qps")}
+    for n, kind, (nnz, wbytes) in PLAN:
+        cpu_h = n / (m["ray_worker_images_per_s"] * a["cpu_node_cores"]) / 3600
+        gpu_nodes = 8 if n <= 1_000_000_000 else 32
+        cells["encode"].append(
+            f"{cpu_h:,.0f} CPU node-h; {gpu_nodes} GPU nodes: {_h(n / per_gpu_node / gpu_nodes)}"
+        )
+        nodes, ms = _shard(m["kinds"][kind], kind, n, a)
+        cells["dense"].append(f"`{kind}`: {nodes} nodes, {ms:.1f} ms/query/shard")
+        lex_nodes = math.ceil(n * nnz * 2 * (4 + wbytes) / budget)
+        cells["lexical"].append(f"{nnz} weights x {wbytes} B: +{lex_nodes} nodes")
+        qps = a["replicas"] * a["node_cores"] * 1000 / ms
+        cells["qps"].append(f"~{qps:,.0f} dense ({a['replicas']} replicas)")
+    names = {
+        "encode": "encode",
+        "dense": "dense index (per replica)",
+        "lexical": "lexical (per replica)",
+        "qps": "QPS ceiling",
+    }
+    for key, label in names.items():
+        lines.append(f"| {label} | " + " | ".join(cells[key]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the encode and serve tables (Markdown)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + key.replace("_", "-"), type=type(val), default=val)
     a = vars(p.parse_args(argv))
     m = load_measurements(a.pop("results"))
-    print("## Encoding\n\n" + encode_table(m, a) + "\n\n## Serving\n\n" + serve_table(m, a))
+    print(
+        "## Encoding\n\n" + encode_table(m, a) + "\n\n## Serving\n\n" + serve_table(m, a)
+        + "\n\n## Plans by size\n\n" + plans_table(m, a)
+    )  # fmt: skip
     return 0
 
 
