@@ -292,3 +292,33 @@ def test_spec_options_and_bad_input(data) -> None:
     np.testing.assert_array_equal(
         kind.search(Vectors(sparse=dup), 5)[1], kind.search(Vectors(sparse=one), 5)[1]
     )
+
+
+def test_bench_search_measures_sparse_and_hybrid_on_synthetic_vectors(tmp_path) -> None:
+    from lexlens.eval.bench_search import (
+        SYNTHETIC_MODEL,
+        BenchSearchConfig,
+        bench_search,
+        synthesize_lexical_gallery,
+    )
+
+    g = synthesize_lexical_gallery(3000, 30, dim=32, seed=1)
+    assert 15 < g.avg_nnz() < 30 and len(np.unique(g.sparse.values)) <= 255
+    q_nnz = np.diff(g.query_sparse.indptr)
+    assert q_nnz.min() >= 1 and q_nnz.max() <= 11 and g.dense.shape == (3000, 32)
+    cfg = BenchSearchConfig(
+        model=SYNTHETIC_MODEL,
+        sizes=[400, 1200],
+        kinds=["flat", "sparse", "sparse(budget=0.01)", "hybrid(sparse,flat)"],
+        queries=25,
+        out=str(tmp_path),
+        progress=False,
+    )
+    res = bench_search(cfg)
+    rows = {(r["n"], r["kind"]): r for r in res["rows"]}
+    for n in (400, 1200):
+        assert rows[(n, "sparse")]["recall@10"] == 100.0
+        assert rows[(n, "hybrid(sparse,flat)")]["recall@10"] == 100.0
+        assert rows[(n, "sparse")]["smaller_than_flat"] > 1.0
+        assert rows[(n, "flat")]["faster_than_flat"] == 1.0
+    assert "disk vs flat" in (tmp_path / "bench_search.md").read_text()

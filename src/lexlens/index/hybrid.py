@@ -39,7 +39,7 @@ from lexlens.index.spec import IndexSpec, create_kind, load_kind, parse_spec, sp
 from lexlens.models.base import SparseBatch
 from lexlens.results import empty_results, sort_results
 
-__all__ = ["HybridKind", "FUSIONS", "DEFAULT_CANDIDATES", "dense_vectors_of"]
+__all__ = ["HybridKind", "DenseLookup", "FUSIONS", "DEFAULT_CANDIDATES", "dense_vectors_of"]
 
 FUSIONS = ("rerank", "rrf", "minmax")
 DEFAULT_CANDIDATES = 100
@@ -81,47 +81,64 @@ def _alpha(v: Any) -> float:
     return float(v)
 
 
-def dense_vectors_of(child: IndexKind, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The stored dense vectors of ``ids`` in a dense kind: ``(vectors[n, d], found[n])``.
+class DenseLookup:
+    """Stored dense vectors of a dense kind by id (its id tables sorted once, at creation).
 
     Exact vectors for ``flat`` and ``hnsw``; decoded codes for ``pq``/``sq``/``ivf`` encodings.
-    Raises :class:`UsageError` for a kind that keeps no vectors.
+    Make a new one after the child changes. Raises :class:`UsageError` for a kind that keeps
+    no vectors.
     """
-    from lexlens.index.dense import FaissKind, FlatKind
 
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    if isinstance(child, FlatKind):
-        return _lookup(np.asarray(child._ids), child._x, ids, child.dim)
-    if isinstance(child, FaissKind):
-        out = np.zeros((len(ids), child.dim), np.float32)
+    def __init__(self, child: IndexKind) -> None:
+        from lexlens.index.dense import FaissKind, FlatKind
+
+        if not isinstance(child, FlatKind | FaissKind):
+            raise UsageError(
+                f"hybrid rerank needs a dense index that keeps vectors, not {child.kind!r}"
+            )
+        self.child = child
+        self.dim = child.dim
+        if isinstance(child, FlatKind):
+            self._table = _sorted_ids(np.asarray(child._ids))
+            self._x = child._x
+            self._stored: np.ndarray | None = None
+        else:
+            self._table = _sorted_ids(np.asarray(child._pending_ids))
+            self._x = child._pending_x
+            self._stored = np.sort(_stored_ids(child)) if child.index.ntotal else None
+
+    def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors[n, d], found[n])`` of ``ids``."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.zeros((len(ids), self.dim), np.float32)
+        srt, order = self._table
         found = np.zeros(len(ids), bool)
-        if len(child._pending_ids):
-            x, f = _lookup(np.asarray(child._pending_ids), child._pending_x, ids, child.dim)
-            out[f], found[f] = x[f], True
-        if child.index.ntotal:
-            stored = _stored_ids(child)
-            want = ~found & np.isin(ids, stored)
+        if len(srt):
+            at = np.minimum(np.searchsorted(srt, ids), len(srt) - 1)
+            found = srt[at] == ids
+            if found.any():
+                rows = order[at[found]]
+                # read the rows in storage order (memory-mapped arrays), then put them back
+                back = np.argsort(np.argsort(rows))
+                out[found] = np.asarray(self._x[np.sort(rows)], np.float32)[back]
+        if self._stored is not None and len(self._stored):
+            at = np.minimum(np.searchsorted(self._stored, ids), len(self._stored) - 1)
+            want = ~found & (self._stored[at] == ids)
             if want.any():
-                out[want] = child.index.reconstruct_batch(np.ascontiguousarray(ids[want]))
+                index = self.child.index  # type: ignore[attr-defined]
+                out[want] = index.reconstruct_batch(np.ascontiguousarray(ids[want]))
                 found |= want
         return out, found
-    raise UsageError(f"hybrid rerank needs a dense index that keeps vectors, not {child.kind!r}")
 
 
-def _lookup(
-    stored_ids: np.ndarray, x: Any, ids: np.ndarray, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    out = np.zeros((len(ids), dim), np.float32)
-    if len(stored_ids) == 0:
-        return out, np.zeros(len(ids), bool)
-    order = np.argsort(stored_ids, kind="stable")
-    srt = stored_ids[order]
-    at = np.minimum(np.searchsorted(srt, ids), len(srt) - 1)
-    found = srt[at] == ids
-    if found.any():
-        rows = order[at[found]]
-        out[found] = np.asarray(x[np.sort(rows)], np.float32)[np.argsort(np.argsort(rows))]
-    return out, found
+def dense_vectors_of(child: IndexKind, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored dense vectors of ``ids`` in a dense kind: ``(vectors[n, d], found[n])``."""
+    return DenseLookup(child).vectors(ids)
+
+
+def _sorted_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(ids, kind="stable")
+    return ids[order], order
 
 
 def _stored_ids(child: Any) -> np.ndarray:
@@ -163,6 +180,7 @@ class HybridKind(IndexKind):
         self.sparse = sparse
         self.dense = dense
         self.options = _options(spec)
+        self._lookup: DenseLookup | None = None  # made after every change (never during search)
 
     @classmethod
     def from_spec(cls, spec: IndexSpec, ctx: KindContext) -> HybridKind:
@@ -178,12 +196,23 @@ class HybridKind(IndexKind):
             raise UsageError("a hybrid index needs both dense and lexical (sparse) vectors")
         self.sparse.add(ids, Vectors(sparse=vectors.sparse))
         self.dense.add(ids, Vectors(dense=vectors.dense))
-        _prepare_reconstruct(self.dense)
+        self._changed()
 
     def remove(self, ids: np.ndarray) -> int:
         removed = self.sparse.remove(ids)
         self.dense.remove(ids)
+        self._changed()
         return removed
+
+    def _changed(self) -> None:
+        _prepare_reconstruct(self.dense)
+        self._lookup = DenseLookup(self.dense) if self.options["fusion"] == "rerank" else None
+
+    def _vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lookup = self._lookup
+        if lookup is None:  # a fusion other than the spec's rerank, asked for per call
+            lookup = DenseLookup(self.dense)
+        return lookup.vectors(ids)
 
     # -- search ----------------------------------------------------------------------------
     def search(
@@ -228,7 +257,7 @@ class HybridKind(IndexKind):
         flat = cand.reshape(-1)
         valid = flat >= 0
         uniq = np.unique(flat[valid])
-        vecs, found = dense_vectors_of(self.dense, uniq)
+        vecs, found = self._vectors(uniq)
         pos = np.searchsorted(uniq, np.where(valid, flat, uniq[0] if len(uniq) else 0))
         rows = np.repeat(np.arange(len(cand)), cand.shape[1])
         scores = np.full(len(flat), -np.inf, np.float32)
@@ -263,7 +292,7 @@ class HybridKind(IndexKind):
             load_kind(s, directory / "sparse", ctx, mmap),
             load_kind(d, directory / "dense", ctx, mmap),
         )
-        _prepare_reconstruct(self.dense)
+        self._changed()
         return self
 
     @property

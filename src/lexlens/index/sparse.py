@@ -48,6 +48,7 @@ index's own stored weights.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,21 @@ class Segment:
     @property
     def live(self) -> int:
         return self.size - self.n_dead
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.size + self.block - 1) // self.block
+
+    def kernel_args(self) -> tuple[Any, ...]:
+        """The arrays :func:`~lexlens.index.sparse_kernels.search_segment` reads, in its order."""
+        views = tuple(
+            _arr(getattr(self, a))
+            for a in (
+                "terms", "tptr", "post_off", "post_code", "pptr", "pair_block", "pair_max",
+                "pair_cnt", "codebook", "bound", "dense_of", "dub", "dcnt", "dchk", "pchk", "ids",
+            )
+        )  # fmt: skip
+        return (*views, self.dead, self.size, self.block)
 
     def nbytes(self) -> int:
         return int(sum(np.asarray(getattr(self, a)).nbytes for a in _ARRAYS) + self.dead.nbytes)
@@ -524,16 +540,12 @@ class SparseKind(IndexKind):
         qi = np.asarray(q.indices, np.int64)
         qv = np.asarray(q.values, np.float32)
         # the largest segment first: its results raise the bar for the others
-        for s in sorted(self.segments, key=lambda s: -s.live):
-            if s.live == 0:
+        for seg in sorted(self.segments, key=lambda x: -x.live):
+            if seg.live == 0:
                 continue
             kern.search_segment(
-                qp, qi, qv,
-                _arr(s.terms), _arr(s.tptr), _arr(s.post_off), _arr(s.post_code),
-                _arr(s.pptr), _arr(s.pair_block), _arr(s.pair_max), _arr(s.pair_cnt),
-                _arr(s.codebook), _arr(s.bound), _arr(s.dense_of), _arr(s.dub), _arr(s.dcnt),
-                _arr(s.dchk), _arr(s.pchk), _arr(s.ids), s.dead, s.size, s.block,
-                hs, hi, sizes, k, budget, stats,
+                qp, qi, qv, *seg.kernel_args(), hs, hi, sizes, k, budget, stats,
+                *_scratch(seg.n_blocks),
             )  # fmt: skip
         out_s, out_i = empty_results(n, k)
         kern.heap_sorted(hs, hi, sizes, out_s, out_i)
@@ -637,6 +649,28 @@ class SparseKind(IndexKind):
 
     def memory_bytes(self) -> int:
         return int(sum(s.nbytes() for s in self.segments))
+
+
+_SCRATCH = threading.local()
+
+
+#: words without dense bounds per query whose blocks are remembered (others: binary search)
+_PIDX_ROWS = 32
+
+
+def _scratch(n_blocks: int) -> tuple[np.ndarray, ...]:
+    """This thread's scratch arrays for a search (grown on demand, never shared)."""
+    have = getattr(_SCRATCH, "arrays", None)
+    if have is None or len(have[0]) < n_blocks:
+        size = max(n_blocks, 1024)
+        have = (
+            np.zeros(size, np.uint32),
+            np.zeros(size, np.int64),
+            np.zeros(size, np.int64),
+            np.full((_PIDX_ROWS, size), -1, np.int32),
+        )
+        _SCRATCH.arrays = have
+    return have
 
 
 def _arr(a: np.ndarray) -> np.ndarray:

@@ -216,9 +216,14 @@ def build_bounds(
 
 @nb.njit(inline="always", **_JIT)
 def _block_postings(
-    t, d, b, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
+    t, d, js, b, pidx, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
 ):  # pragma: no cover
-    """(first posting, count) of word ``t`` (dense row ``d`` or -1) in block ``b``."""
+    """(first posting, count) of word ``t`` (dense row ``d`` or -1) in block ``b``.
+
+    Other words: ``pidx[js, b]`` holds the word's pair for ``b`` when it has one (written by
+    this query's bound pass; a stale entry never passes the check below, or names the same
+    pair); ``js < 0`` falls back to a binary search.
+    """
     if d >= 0:
         c = dcnt[d, b]
         if c == 0:
@@ -227,16 +232,21 @@ def _block_postings(
         for x in range(b - b % CHECK, b):
             start += dcnt[d, x]
         return np.int64(start), np.int64(c)
-    lo = pptr[t]
-    hi = pptr[t + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if pair_block[mid] < b:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo >= pptr[t + 1] or pair_block[lo] != b:
-        return np.int64(0), np.int64(0)
+    if js >= 0:
+        lo = np.int64(pidx[js, b])
+        if lo < pptr[t] or lo >= pptr[t + 1] or pair_block[lo] != b:
+            return np.int64(0), np.int64(0)
+    else:
+        lo = pptr[t]
+        hi = pptr[t + 1]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if pair_block[mid] < b:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo >= pptr[t + 1] or pair_block[lo] != b:
+            return np.int64(0), np.int64(0)
     start = pchk[lo // CHECK]
     for x in range(lo - lo % CHECK, lo):
         start += pair_cnt[x]
@@ -248,6 +258,8 @@ def _score_block(
     b,
     loc,
     dloc,
+    jsl,
+    pidx,
     qw,
     m,
     tptr,
@@ -273,7 +285,7 @@ def _score_block(
     scored = 0
     for j in range(m):
         start, c = _block_postings(
-            loc[j], dloc[j], b, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
+            loc[j], dloc[j], jsl[j], b, pidx, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
         )
         if c == 0:
             continue
@@ -323,6 +335,10 @@ def search_segment(  # pragma: no cover
     k,
     budget,
     stats,
+    ub,
+    cand_b,
+    cand_v,
+    pidx,
 ):
     """Block-max search of one segment for every query row, updating the per-query heaps.
 
@@ -332,22 +348,22 @@ def search_segment(  # pragma: no cover
 
     1. Upper bounds of all blocks in integers: ``sum_w ceil(q_w / u_q) * bound(max_w(block))``
        (dense words as one vectorised pass each, other words through their pair lists).
-    2. A histogram of the bounds picks the few most promising blocks; they are scored first.
+    2. A threshold estimated from a sample of the bounds picks the few most promising
+       blocks; they are scored first.
     3. Every other block whose bound reaches the ``k``-th score is scored, best bound first;
        the search stops at the first block below it (exact), or once ``budget`` (a share of
        the query's postings in this segment; ``>= 1``: no limit) has been scored.
 
     ``stats[r]`` receives (postings scored, blocks scored, postings in the query's lists).
+    ``ub`` (``uint32``), ``cand_b`` and ``cand_v`` (``int64``) are scratch arrays of at least
+    one entry per block, ``pidx`` (``int32 [w, blocks]``) one row per word without dense
+    bounds (up to ``w`` of them); they are reused between calls (allocating them costs more
+    than the search) and need no clearing.
     """
     n_blocks = (n_docs + block - 1) // block
     n_seg_terms = seg_terms.shape[0]
     vmax = np.float64(codebook[codebook.shape[0] - 1])
     acc = np.zeros(block, np.float64)
-    ub = np.empty(n_blocks, np.uint32)
-    n_buckets = 4096
-    hist = np.zeros(n_buckets, np.int64)
-    cand_b = np.empty(n_blocks, np.int64)
-    cand_v = np.empty(n_blocks, np.int64)
     for r in range(q_indptr.shape[0] - 1):
         a, z = q_indptr[r], q_indptr[r + 1]
         nq = z - a
@@ -370,7 +386,9 @@ def search_segment(  # pragma: no cover
             continue
         # 1. integer upper bounds
         qunit = qmax / 255.0
-        ub[:] = 0
+        ub[:n_blocks] = 0
+        jsl = np.full(m, -1, np.int64)
+        n_sparse = 0
         for j in range(m):
             qq = np.uint32(min(255.0, np.ceil(qw[j] / qunit)))
             d = dloc[j]
@@ -380,22 +398,24 @@ def search_segment(  # pragma: no cover
                     ub[b] += qq * np.uint32(row[b])
             else:
                 t = loc[j]
-                for p in range(pptr[t], pptr[t + 1]):
-                    ub[pair_block[p]] += qq * np.uint32(bound[pair_max[p]])
+                if n_sparse < pidx.shape[0]:
+                    jsl[j] = n_sparse
+                    prow = pidx[n_sparse]
+                    for p in range(pptr[t], pptr[t + 1]):
+                        b = pair_block[p]
+                        ub[b] += qq * np.uint32(bound[pair_max[p]])
+                        prow[b] = p
+                    n_sparse += 1
+                else:
+                    for p in range(pptr[t], pptr[t + 1]):
+                        ub[pair_block[p]] += qq * np.uint32(bound[pair_max[p]])
         # a bound in score units, with a margin for the rounding of the float sums
         unit = qunit * vmax / 255.0 * (1.0 + 1e-6)
         top = np.uint32(0)
         for b in range(n_blocks):
-            if ub[b] > top:
-                top = ub[b]
+            top = max(top, ub[b])
         if top == 0:
             continue
-        shift = 0
-        while (top >> shift) >= n_buckets:
-            shift += 1
-        hist[:] = 0
-        for b in range(n_blocks):
-            hist[ub[b] >> shift] += 1
         # no limit in exact mode (total + 1 is never reached)
         limit = total + 1 if budget >= 1.0 else max(np.int64(budget * total), 1)
         size = sizes[r]
@@ -403,22 +423,38 @@ def search_segment(  # pragma: no cover
         hi_r = hi[r]
         scored = 0
         blocks_done = 0
-        # 2. the most promising blocks first (at least 2k of them, from the top buckets);
+        # 2. the most promising blocks first: a threshold ``cut`` with at least ``want``
+        # blocks above it, estimated from a strided sample and checked by counting;
         # 3. then the others whose bound reaches the k-th score; each phase best bound first
         want = max(2 * k, 16)
-        cut = (top >> shift) + 1
-        got = 0
-        while cut > 1 and got < want:
-            cut -= 1
-            got += hist[cut]
+        stride = max(1, n_blocks // 1024)
+        sample = np.sort(ub[:n_blocks:stride])[::-1]
+        rank = want // stride + 1
+        cut = np.uint32(1)
+        while rank < sample.shape[0]:
+            cut = max(np.uint32(1), sample[rank])
+            got = 0
+            for b in range(n_blocks):
+                if ub[b] >= cut:
+                    got += 1
+            if got >= want:
+                break
+            cut = np.uint32(1)
+            rank *= 4
         for phase in range(2):
-            floor = np.uint32(1)
-            if phase == 1 and size == k:
-                floor = np.uint32(min(np.float64(top), max(1.0, np.floor(hs_r[0] / unit))))
+            lo = cut
+            hi_v = np.uint32(top)
+            if phase == 1:
+                if cut <= 1:
+                    break
+                hi_v = cut - 1
+                lo = np.uint32(1)
+                if size == k:
+                    lo = np.uint32(min(np.float64(hi_v), max(1.0, np.floor(hs_r[0] / unit))))
             g = 0
             for b in range(n_blocks):
                 v = ub[b]
-                if v >= floor and ((v >> shift) >= cut) == (phase == 0):
+                if v >= lo and v <= hi_v:
                     cand_b[g] = b
                     cand_v[g] = -np.int64(v)
                     g += 1
@@ -428,7 +464,7 @@ def search_segment(  # pragma: no cover
                 if size == k and np.float64(ub[b]) * unit < hs_r[0]:
                     break
                 sc, size = _score_block(
-                    b, loc, dloc, qw, m, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk,
+                    b, loc, dloc, jsl, pidx, qw, m, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk,
                     post_off, post_code, codebook, acc, block, n_docs, dead, ids, hs_r, hi_r,
                     size, k,
                 )  # fmt: skip
