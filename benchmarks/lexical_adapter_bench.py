@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="a scenes folder (default: N generated held-out scenes)")
     p.add_argument("--n", type=int, default=1000, help="generated scenes (without --data)")
     p.add_argument("--size", type=int, default=64, help="generated image size")
-    p.add_argument("--weights", default="z,sim,img,softmax")
+    p.add_argument("--weights", default="z,center,sim,img,softmax")
     p.add_argument("--topk", default="8,16,32,64")
     p.add_argument("--words", default="scenes,minilm")
     p.add_argument("--prompts", default="photo,plain")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             enc = LexicalAdapter(inner, opts)
             t0 = time.perf_counter()
             enc.word_embeddings(progress=True)
-            if weight == "z":
+            if weight in ("z", "center"):
                 enc.reference_stats(progress=True)
             tables_s = time.perf_counter() - t0
             t0 = time.perf_counter()

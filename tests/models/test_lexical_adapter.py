@@ -69,6 +69,8 @@ def _naive_weights(weight: str, sims: np.ndarray, ref_sims: np.ndarray, temp: fl
             elif weight == "z":
                 col = ref_sims[:, j].astype(np.float64)
                 v = (s - col.mean()) / (col.std() + 1e-4)
+            elif weight == "center":
+                v = s - float(ref_sims[:, j].astype(np.float64).mean())
             elif weight == "img":
                 row = sims[r].astype(np.float64)
                 v = (s - row.mean()) / (row.std() + 1e-6)
@@ -226,7 +228,7 @@ def test_spec_round_trip_and_canonical_name(hash_backend, files):
         ("lexical(topk=3,topk=4):hash:1", "given twice"),
         ("lexical(colour=red):hash:1", "unknown lexical option 'colour'"),
         ("lexical(topk):hash:1", "expected KEY=VALUE"),
-        ("lexical(weight=log):hash:1", "expected one of z, sim, img, softmax"),
+        ("lexical(weight=log):hash:1", "expected one of z, center, sim, img, softmax"),
         ("lexical(words=/no/such/file):hash:1", "does not exist"),
         ("lexical(topk=3):", "names no model"),
         ("lexical:", "names no model"),

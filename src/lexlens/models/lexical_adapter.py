@@ -17,10 +17,11 @@ option     default     meaning
 =========  ==========  ======================================================================
 topk       32          words kept per image (its lexical vector has at most ``topk`` entries)
 weight     z           image word weights: ``z`` = relu((s - mu_w) / sd_w) with each word's
-                       similarity statistics over reference images; ``sim`` = relu(s);
+                       similarity mean and spread over reference images; ``center`` =
+                       relu(s - mu_w) (the mean only); ``sim`` = relu(s);
                        ``img`` = relu of s standardised over the vocabulary per image;
                        ``softmax`` = softmax(s / temp) over the vocabulary
-ref        scenes      reference images of ``weight=z``: ``scenes`` (``nref`` generated
+ref        scenes      reference images of ``z``/``center``: ``scenes`` (``nref`` generated
                        scenes, deterministic) or a dataset path lexlens reads (first ``nref``)
 nref       256         number of reference images
 words      minilm      vocabulary: ``minilm`` (the MiniLM word-piece vocabulary's whole words,
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 #: the image weight transforms (see module docstring)
-WEIGHTS = ("z", "sim", "img", "softmax")
+WEIGHTS = ("z", "center", "sim", "img", "softmax")
 #: named prompt sets
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     "photo": ("a photo of a {}.", "a {}.", "{}"),
@@ -388,6 +389,9 @@ class LexicalAdapter(Encoder):
         elif w == "z":
             mu, sd = self.reference_stats()
             out = (s - mu) / sd
+        elif w == "center":
+            mu, _ = self.reference_stats()
+            out = s - mu
         elif w == "img":
             out = (s - s.mean(axis=1, keepdims=True)) / (s.std(axis=1, keepdims=True) + 1e-6)
         else:  # softmax
