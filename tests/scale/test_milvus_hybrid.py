@@ -1,9 +1,9 @@
 """Dense and sparse vectors in one Milvus (Lite) collection: ``milvus(sparse,flat)``.
 
-Each field alone gives the results of brute force (and of the local ``flat`` / ``sparse``
-kinds); fused queries give naive reference implementations of RRF (Milvus's
-``hybrid_search``) and of sparse candidates re-scored densely; filters apply to both fields;
-records, removal and reopening keep both vectors."""
+Each field alone gives the results of brute force and of the local ``flat`` / ``sparse``
+kinds; fused queries (rerank, RRF, min-max, and RRF inside Milvus's ``hybrid_search``) give
+naive reference implementations and the local ``hybrid`` kind's results; filters apply to
+both fields; records, removal and reopening keep both vectors."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from lexlens.results import topk  # noqa: E402
 from lexlens.scale.milvus import MilvusKind, wrap_spec  # noqa: E402
 
 DIM, VOCAB, N, C = 12, 30, 240, 20
-HYBRID = IndexSpec(
+CHILDREN = (IndexSpec("sparse"), IndexSpec("flat"))
+HYBRID = IndexSpec("milvus", options=(("candidates", C),), children=CHILDREN)
+NATIVE = IndexSpec(
     "milvus",
-    options=(("candidates", C),),
-    children=(IndexSpec("sparse"), IndexSpec("flat")),
+    options=(("candidates", C), ("fusion", "rrf"), ("native", True)),
+    children=CHILDREN,
 )
 
 
@@ -50,18 +52,32 @@ def data():
     return dict(dense=dense, lex=lex, ids=ids, split=split, recs=recs, q=q, ql=ql)
 
 
-@pytest.fixture(scope="module")
-def hybrid(data, tmp_path_factory):
-    db = tmp_path_factory.mktemp("mvh") / "h.db"
-    kind = MilvusKind.create(f"milvus://{db}", HYBRID, KindContext(DIM, VOCAB), "lexlens_hybrid")
+def _fill(kind, data):
     for part in np.array_split(np.arange(N), 2):
         kind.add(
             data["ids"][part],
             Vectors(dense=data["dense"][part], sparse=SparseBatch.from_dense(data["lex"][part])),
             records=[data["recs"][i] for i in part],
         )
-    yield kind
-    kind.close()
+    return kind
+
+
+@pytest.fixture(scope="module")
+def kinds(data, tmp_path_factory):
+    db = tmp_path_factory.mktemp("mvh") / "h.db"
+    ctx = KindContext(DIM, VOCAB)
+    made = [
+        _fill(MilvusKind.create(f"milvus://{db}", spec, ctx, name), data)
+        for spec, name in ((HYBRID, "lexlens_hybrid"), (NATIVE, "lexlens_native"))
+    ]
+    yield made
+    for kind in made:
+        kind.close()
+
+
+@pytest.fixture(scope="module")
+def hybrid(kinds):
+    return kinds[0]
 
 
 def _ranked(scores, ids, width):
@@ -79,30 +95,52 @@ def _lists(data, r, mask, width):
     return _ranked(ds, data["ids"], width), _ranked(ls, data["ids"], width)
 
 
-def _rrf_reference(data, k, mask, rrf_k=60):
-    out_s, out_i = [], []
+def _pad(rows, k):
+    s = [np.pad(x, (0, k - len(x)), constant_values=-np.inf) for x, _ in rows]
+    i = [np.pad(y, (0, k - len(y)), constant_values=-1) for _, y in rows]
+    return np.array(s, np.float32), np.array(i, np.int64)
+
+
+def _fused_reference(data, k, mask, contribution):
+    """Sum ``contribution(rank, score, list_no, list)`` per id over the two candidate lists."""
+    rows = []
     for r in range(len(data["q"])):
         fused: dict[int, float] = {}
-        for _, ids in _lists(data, r, mask, max(k, C)):  # candidates: at least k
-            for rank, i in enumerate(ids, start=1):
-                fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (rrf_k + rank)
+        dense_list, lexical_list = _lists(data, r, mask, max(k, C))  # candidates: at least k
+        for no, (scores, ids) in enumerate((lexical_list, dense_list)):
+            for rank, (sc, i) in enumerate(zip(scores, ids, strict=True), start=1):
+                fused[int(i)] = fused.get(int(i), 0.0) + contribution(rank, sc, no, scores)
         ids = np.array(list(fused), np.int64)
-        s, i = _ranked(np.array([fused[j] for j in ids]), ids, k)
-        out_s.append(np.pad(s, (0, k - len(s)), constant_values=-np.inf))
-        out_i.append(np.pad(i, (0, k - len(i)), constant_values=-1))
-    return np.array(out_s, np.float32), np.array(out_i)
+        rows.append(_ranked(np.array([fused[j] for j in ids]), ids, k))
+    return _pad(rows, k)
+
+
+def _rrf_reference(data, k, mask, rrf_k=60):
+    return _fused_reference(data, k, mask, lambda rank, sc, no, lst: 1.0 / (rrf_k + rank))
+
+
+def _minmax_reference(data, k, mask, alpha):
+    def part(rank, sc, no, lst):
+        lo, hi = float(np.min(lst)), float(np.max(lst))
+        norm = (sc - lo) / (hi - lo) if hi > lo else 1.0
+        return (alpha if no == 1 else 1.0 - alpha) * norm
+
+    return _fused_reference(data, k, mask, part)
 
 
 def _rerank_reference(data, k, mask):
+    """Lexical candidates (plus the dense top k when fewer than k) scored densely."""
     pos = {int(i): p for p, i in enumerate(data["ids"])}
-    out_s, out_i = [], []
+    rows = []
     for r in range(len(data["q"])):
-        _, cand = _lists(data, r, mask, max(k, C))[1]
+        (_, dense_top), (_, cand) = _lists(data, r, mask, max(k, C))
+        cand = list(cand)
+        if len(cand) < k:
+            cand += [i for i in dense_top[:k] if i not in cand]
+        cand = np.array(cand, np.int64)
         s = np.array([data["dense"][pos[int(i)]] @ data["q"][r] for i in cand], np.float64)
-        s, i = _ranked(s, cand, k)
-        out_s.append(np.pad(s, (0, k - len(s)), constant_values=-np.inf))
-        out_i.append(np.pad(i, (0, k - len(i)), constant_values=-1))
-    return np.array(out_s, np.float32), np.array(out_i)
+        rows.append(_ranked(s, cand, k))
+    return _pad(rows, k)
 
 
 def _same(got, want):
@@ -145,21 +183,47 @@ def test_sparse_field_equals_the_local_sparse_kind(hybrid, data):
 
 
 @pytest.mark.parametrize("where", [None, "split=a"])
-def test_rrf_fusion_is_milvus_hybrid_search_equal_to_naive_rrf(hybrid, data, where):
+def test_rrf_fusion_equals_naive_rrf_client_side_and_inside_milvus(kinds, data, where):
     mask = np.ones(N, bool) if where is None else data["split"] == "a"
+    hybrid, native = kinds
     for k in (1, 10, 2 * C):
-        got = hybrid.search(_queries(data), k, where=where)
-        _same(got, _rrf_reference(data, k, mask))
+        want = _rrf_reference(data, k, mask)
+        _same(hybrid.search(_queries(data), k, SearchParams(fusion="rrf"), where=where), want)
+        got = native.search(_queries(data), k, where=where)  # Milvus hybrid_search + RRFRanker
+        _same(got, want)
     # a query without lexical weights ranks by its dense list alone: 1 / (60 + rank)
     assert got[0][4][0] == pytest.approx(1 / 61, abs=1e-7)
 
 
 @pytest.mark.parametrize("where", [None, "split=b"])
-def test_rerank_fusion_rescores_lexical_candidates_densely(hybrid, data, where):
+def test_rerank_and_minmax_fusions_equal_naive_references(hybrid, data, where):
     mask = np.ones(N, bool) if where is None else data["split"] == "b"
-    got = hybrid.search(_queries(data), 10, SearchParams(fusion="rerank"), where=where)
-    _same(got, _rerank_reference(data, 10, mask))
-    assert (got[1][4] == -1).all()  # no lexical candidates
+    for k in (3, 10):
+        got = hybrid.search(_queries(data), k, where=where)  # rerank: the default
+        _same(got, _rerank_reference(data, k, mask))
+        for alpha in (0.5, 0.8):
+            got = hybrid.search(
+                _queries(data), k, SearchParams(fusion="minmax", alpha=alpha), where=where
+            )
+            _same(got, _minmax_reference(data, k, mask, alpha))
+
+
+def test_fusions_equal_the_local_hybrid_kind(hybrid, data):
+    ensure_builtin_kinds()
+    if "hybrid" not in KINDS or "sparse" not in KINDS:
+        pytest.skip("the local sparse / hybrid kinds are not registered")
+    local = create_kind(
+        IndexSpec("hybrid", options=(("candidates", C),), children=CHILDREN),
+        KindContext(DIM, VOCAB),
+    )
+    local.add(data["ids"], Vectors(dense=data["dense"], sparse=SparseBatch.from_dense(data["lex"])))
+    for fusion in ("rerank", "rrf", "minmax"):
+        for k in (1, 10, 2 * C):
+            p = SearchParams(fusion=fusion, alpha=0.7)
+            _same(hybrid.search(_queries(data), k, p), local.search(_queries(data), k, p))
+            # raw embeddings (no words) are answered the same way
+            dense_only = _queries(data, sparse=False)
+            _same(hybrid.search(dense_only, k, p), local.search(dense_only, k, p))
 
 
 def test_records_removal_and_reopen_keep_both_fields(hybrid, data, tmp_path):
@@ -190,14 +254,14 @@ def test_records_removal_and_reopen_keep_both_fields(hybrid, data, tmp_path):
     sub = {key: data[key][keep] for key in ("dense", "lex", "ids", "split")}
     _same(
         again.search(_queries(data), 10),
-        _rrf_reference({**data, **sub}, 10, np.ones(keep.sum(), bool)),
+        _rerank_reference({**data, **sub}, 10, np.ones(keep.sum(), bool)),
     )
     again.add(
         data["ids"][at],
         Vectors(dense=data["dense"][at], sparse=SparseBatch.from_dense(data["lex"][at])),
         records=[data["recs"][i] for i in at],
     )
-    _same(again.search(_queries(data), 10), _rrf_reference(data, 10, np.ones(N, bool)))
+    _same(again.search(_queries(data), 10), _rerank_reference(data, 10, np.ones(N, bool)))
 
 
 def test_specs():
@@ -209,13 +273,62 @@ def test_specs():
     assert str(wrap_spec(hyb)) == "milvus(sparse,hnsw16;fusion=rerank)"
     ctx = KindContext(DIM, VOCAB)
     bad = [
-        IndexSpec("milvus", options=(("fusion", "minmax"),), children=HYBRID.children),
-        IndexSpec("milvus", options=(("alpha", 0.5),), children=HYBRID.children),
-        IndexSpec("milvus", options=(("candidates", 0),), children=HYBRID.children),
+        IndexSpec("milvus", options=(("fusion", "max"),), children=CHILDREN),
+        IndexSpec("milvus", options=(("alpha", 1.5),), children=CHILDREN),
+        IndexSpec("milvus", options=(("budget", 0.5),), children=CHILDREN),
+        IndexSpec("milvus", options=(("candidates", 0),), children=CHILDREN),
+        IndexSpec("milvus", options=(("rrf_k", -1),), children=CHILDREN),
+        IndexSpec("milvus", options=(("native", True),), children=CHILDREN),  # rerank
         IndexSpec("milvus", options=(("fusion", "rrf"),), children=(IndexSpec("flat"),)),
         IndexSpec("milvus", children=(IndexSpec("flat"), IndexSpec("hnsw", 8))),
-        IndexSpec("milvus", children=(IndexSpec("sparse"), IndexSpec("flat"), IndexSpec("flat"))),
+        IndexSpec("milvus", children=(*CHILDREN, IndexSpec("flat"))),
     ]
     for spec in bad:
         with pytest.raises(UsageError):
             MilvusKind.create("milvus://unused.db", spec, ctx, "lexlens_never")
+
+
+def test_index_with_a_hybrid_spec_on_milvus_equals_the_local_index(tmp_path):
+    """``Index.build(..., spec="hybrid(...)", backend=...)`` records ``milvus(sparse,flat;...)``
+    and answers image, item and raw-embedding queries like the local index with every fusion,
+    also after an add and a remove. (Filters differ by design for fused lists: Milvus filters
+    inside each field's search, the local engine filters the fused list; both are tested
+    against their references above and in tests/index.)"""
+    from scale_fakes import FakeEncoder, write_images
+
+    from lexlens.index.index import Index
+    from lexlens.index.ingest import SourceItem
+    from lexlens.search import Query
+
+    ensure_builtin_kinds()
+    if "hybrid" not in KINDS or "sparse" not in KINDS:
+        pytest.skip("the local sparse / hybrid kinds are not registered")
+    paths = write_images(tmp_path / "imgs", 40, seed=3)
+    items = [SourceItem(str(p), fields={"split": "ab"[i % 2], "n": i % 5}) for i, p in enumerate(paths)]  # fmt: skip
+    spec = "hybrid(sparse,flat;candidates=6)"
+    common = dict(spec=spec, progress=False, workers=0)
+    local = Index.build(items[:30], FakeEncoder(), tmp_path / "local", **common)
+    milvus = Index.build(items[:30], FakeEncoder(), tmp_path / "mv", backend="milvus", **common)
+    assert milvus.info()["spec"] == "milvus(sparse,flat;candidates=6)"
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((2, FakeEncoder.dim)).astype(np.float32)
+
+    def check(n_items):
+        queries = [Query(image=str(paths[i])) for i in (0, 7, 33)]
+        queries += [Query(item=5), *(Query(embedding=e) for e in emb)]
+        for fusion in ("rerank", "rrf", "minmax"):
+            p = SearchParams(fusion=fusion)
+            want = local.search(queries, k=8, params=p)
+            got = milvus.search(queries, k=8, params=p)
+            np.testing.assert_array_equal(got.ids, want.ids, err_msg=fusion)
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+        got = milvus.search(queries, k=8, where="n>=3 AND split!=b")
+        rows = milvus.rows(got.ids[got.ids >= 0])
+        assert rows and all(r.fields["n"] >= 3 and r.fields["split"] == "a" for r in rows.values())
+        assert len(milvus) == len(local) == n_items
+
+    check(30)
+    for idx in (local, milvus):
+        idx.add(items[30:], progress=False, workers=0)
+        idx.remove([str(paths[2]), str(paths[31])])
+    check(38)

@@ -28,24 +28,28 @@ query), ``sparse`` -> ``SPARSE_INVERTED_INDEX`` (exact inner product). Milvus re
 sparse vectors, so an item without lexical weights stores one weight on an out-of-vocabulary
 sentinel dimension that no query ever has (it can never match, exactly like an empty row).
 
-**Dense and sparse in one collection**: ``milvus(sparse,DENSE[;OPTIONS])`` (what
-``--spec hybrid(sparse,DENSE) --backend milvus://...`` records) keeps both vector fields in
-every row. Queries that carry only dense (only sparse) vectors search that field alone, with
-the results of ``milvus(DENSE)`` (``milvus(sparse)``). Queries with both are fused:
+**Dense and sparse in one collection**: ``milvus(sparse,DENSE[;OPTIONS])`` -- what
+``--spec hybrid(sparse,DENSE;OPTIONS) --backend milvus://...`` records -- keeps both vector
+fields in every row and answers like the local ``hybrid`` kind (:mod:`lexlens.index.hybrid`),
+with the same options (``fusion=rerank|rrf|minmax``, ``candidates``, ``alpha``, ``rrf_k``) and
+the same fusion functions (:mod:`lexlens.index.fusion`) applied to Milvus's exact per-field
+result lists:
 
-* ``fusion=rrf`` (default): Milvus's own ``hybrid_search`` with its ``RRFRanker``, one call:
-  each field is searched for ``candidates`` hits (option, or ``SearchParams.candidates``;
-  default 100, at least ``k``) under the same filter, and an item scores
-  ``sum 1 / (rrf_k + rank)`` over the lists it is in (``rank`` from 1, ``rrf_k`` default 60).
-  A query without lexical weights has only its dense list (fused client-side by the same
-  formula, as Milvus refuses empty sparse vectors). Which of several items with *equal* raw
-  scores at a list's ``candidates`` cut enter the list, and their order inside the list, is
-  Milvus's choice;
-* ``fusion=rerank``: the ``candidates`` best lexical matches (exact, ties by id), re-scored by
-  the dense inner product (their dense vectors are read back from Milvus).
+* ``fusion=rerank`` (default): the ``candidates`` best lexical matches (at least ``k``),
+  joined by the dense top ``k`` when fewer than ``k`` items share a word with the query, are
+  re-scored by the dense inner product (their dense vectors read back from Milvus);
+* ``fusion=rrf`` / ``minmax``: both fields are searched for ``candidates`` hits under the same
+  filter and fused by reciprocal ranks (``rrf_k``) or min-max normalised scores (``alpha``).
 
-Both fusions end in the lexlens result contract (all fused candidates are fetched, then
-sorted by ``(-score, id)``). ``SearchParams.fusion`` overrides the option per call.
+With the option ``native`` (``milvus(sparse,flat;fusion=rrf,native)``), RRF runs inside Milvus
+instead: one ``hybrid_search`` call with its ``RRFRanker`` (the same formula; which of several
+items with *equal* scores at a field's ``candidates`` cut enter the fusion, and their order,
+is then Milvus's choice). Dense-only queries (raw embeddings) are queries without words, as in
+the local kind; queries carrying only lexical vectors search the lexical field alone.
+``SearchParams.fusion`` / ``candidates`` / ``alpha`` override the options per call. A ``where``
+filter runs inside each field's search (the fused lists hold admitted items only), where the
+local engine filters the fused list of an unfiltered search: the same answers for one-field
+indexes, possibly different ones for fused lists.
 
 ``where`` filters (the grammar of :mod:`lexlens.index.filters`) are translated into Milvus
 filter expressions with the local semantics (:func:`where_to_filter`), so filtering runs
@@ -74,6 +78,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lexlens.errors import IndexMismatchError, LexlensError, UsageError
+from lexlens.index import fusion as fu
 from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors, register_kind
 from lexlens.models.base import SparseBatch
 from lexlens.results import empty_results, sort_results
@@ -103,9 +108,16 @@ _WRITE_BATCH = 2_000
 _PATH_MAX = 4_096
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: fusions of dense + sparse queries, and the options ``milvus(sparse,DENSE;...)`` takes
-FUSIONS = ("rrf", "rerank")
-_FUSION_OPTIONS = {"fusion": "rrf", "rrf_k": 60, "candidates": 100}
+#: fusions of dense + sparse queries (those of lexlens.index.hybrid), and the options
+#: ``milvus(sparse,DENSE;...)`` takes with their defaults
+FUSIONS = ("rerank", "rrf", "minmax")
+_FUSION_OPTIONS: dict[str, Any] = {
+    "fusion": "rerank",
+    "candidates": 100,
+    "alpha": 0.5,
+    "rrf_k": 60,
+    "native": False,
+}
 
 
 # ----------------------------------------------------------------------------- targets
@@ -382,7 +394,8 @@ class MilvusKind(IndexKind):
 
     @staticmethod
     def _fusion_options(spec: Any) -> dict[str, Any]:
-        """``fusion`` / ``rrf_k`` / ``candidates`` of a two-field spec (defaults filled in)."""
+        """The hybrid options of a two-field spec, defaults filled in (checked like
+        :mod:`lexlens.index.hybrid`'s, plus the ``native`` flag)."""
         opts = spec.opts()
         if opts and len(spec.children) != 2:
             raise UsageError(f"options belong to milvus(sparse,DENSE;...) only, not {spec}")
@@ -393,11 +406,19 @@ class MilvusKind(IndexKind):
                 f"options: {', '.join(_FUSION_OPTIONS)}"
             )
         out = {**_FUSION_OPTIONS, **opts}
+        out["fusion"] = str(out["fusion"]).lower()
         if out["fusion"] not in FUSIONS:
-            raise UsageError(f"{spec}: fusion must be one of {', '.join(FUSIONS)} on Milvus")
-        for key in ("rrf_k", "candidates"):
-            if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-                raise UsageError(f"{spec}: {key} must be a positive integer")
+            raise UsageError(f"{spec}: fusion must be one of {', '.join(FUSIONS)}")
+        cand, rrf_k, alpha = out["candidates"], out["rrf_k"], out["alpha"]
+        if isinstance(cand, bool) or not isinstance(cand, int) or cand < 1:
+            raise UsageError(f"{spec}: candidates must be a positive integer")
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, int | float) or rrf_k < 0:
+            raise UsageError(f"{spec}: rrf_k must be a non-negative number")
+        _check_alpha(alpha)
+        if out["native"] is not True and out["native"] is not False:
+            raise UsageError(f"{spec}: native is a flag (no value)")
+        if out["native"] and out["fusion"] != "rrf":
+            raise UsageError(f"{spec}: native fusion exists for rrf only")
         return out
 
     # -- construction ----------------------------------------------------------------
@@ -562,6 +583,8 @@ class MilvusKind(IndexKind):
         expr = where_to_filter(where)
         use_dense = self.has_dense and (queries.dense is not None or not self.has_sparse)
         use_sparse = self.has_sparse and (queries.sparse is not None or not self.has_dense)
+        if use_dense and self.has_sparse and queries.sparse is None:  # raw embeddings
+            use_sparse, queries = True, Vectors(dense=queries.dense, sparse=_no_words(n))
         if not (use_dense or use_sparse):
             raise UsageError("the queries carry neither dense nor sparse vectors")
         if use_dense:
@@ -611,36 +634,58 @@ class MilvusKind(IndexKind):
         params: SearchParams | None,
         expr: str,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Dense + sparse queries fused (module docstring: ``rrf`` or ``rerank``)."""
-        fusion = (params.fusion if params is not None else None) or self._fusion["fusion"]
+        """Dense + sparse queries fused like the local hybrid kind (module docstring)."""
+        p = params or SearchParams()
+        fusion = (p.fusion or self._fusion["fusion"]).lower()
         if fusion not in FUSIONS:
-            raise UsageError(f"fusion {fusion!r} is not available on Milvus; use rrf or rerank")
-        wide = params.candidates if params is not None and params.candidates else None
-        cands = min(_MAX_TOPK // 2, max(k, int(wide or self._fusion["candidates"])))
+            raise UsageError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        cand = p.candidates if p.candidates is not None else self._fusion["candidates"]
+        if cand <= 0:
+            raise UsageError(f"candidates must be positive, got {cand}")
+        cand = min(_MAX_TOPK // 2, max(int(cand), k))
+        dense_params = self._search_params(params)
+        if fusion == "rrf" and self._fusion["native"]:
+            return self._native_rrf(dense, sparse, k, cand, dense_params, expr)
+        s_sp, i_sp = self._sparse_search(sparse, k, expr, candidates=cand)
         if fusion == "rerank":
-            return self._rerank(dense, sparse, k, cands, expr)
+            return self._rerank(dense, i_sp, k, dense_params, expr)
+        s_de, i_de = self._search("dense", dense, cand, dense_params, expr)
+        if fusion == "rrf":
+            return fu.rrf([(s_sp, i_sp), (s_de, i_de)], k, float(self._fusion["rrf_k"]))
+        alpha = _check_alpha(self._fusion["alpha"] if p.alpha is None else p.alpha)
+        return fu.minmax([(s_sp, i_sp), (s_de, i_de)], k, [1.0 - alpha, alpha])
+
+    def _native_rrf(
+        self,
+        dense: list[Any],
+        sparse: list[dict[int, float]],
+        k: int,
+        cands: int,
+        dense_params: dict[str, Any],
+        expr: str,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """RRF by Milvus's ``hybrid_search`` (``RRFRanker``), one call per query batch."""
         n = len(dense)
         out_s, out_i = empty_results(n, k)
         if expr == "false":
             return out_s, out_i
-        rrf_k = int(self._fusion["rrf_k"])
-        dense_params = {"metric_type": "IP", "params": self._search_params(params)}
+        rrf_k = self._fusion["rrf_k"]
         lone = [i for i in range(n) if not sparse[i]]
-        if lone:  # no lexical weights: the dense list alone, ranked by the same formula
-            s, ids = self._search(
-                "dense", [dense[i] for i in lone], cands, dense_params["params"], expr
-            )
-            rank = np.arange(1, cands + 1, dtype=np.float32)
-            rrf = np.where(ids >= 0, np.float32(1.0) / (np.float32(rrf_k) + rank), -np.inf)
-            out_s[lone], out_i[lone] = sort_results(rrf.astype(np.float32), ids, k)
+        if lone:  # no words: Milvus refuses empty sparse vectors; the dense list alone
+            s, ids = self._search("dense", [dense[i] for i in lone], cands, dense_params, expr)
+            out_s[lone], out_i[lone] = fu.rrf([(s, ids)], k, float(rrf_k))
         both = [i for i in range(n) if sparse[i]]
+        from pymilvus import RRFRanker
+
         for a in range(0, len(both), _QUERY_BATCH):
             part = both[a : a + _QUERY_BATCH]
             reqs = self._hybrid_requests(
-                [dense[i] for i in part], [sparse[i] for i in part], cands, dense_params, expr
+                [dense[i] for i in part],
+                [sparse[i] for i in part],
+                cands,
+                {"metric_type": "IP", "params": dense_params},
+                expr,
             )
-            from pymilvus import RRFRanker
-
             hits = self._call(
                 "hybrid_search",
                 self.collection,
@@ -671,10 +716,22 @@ class MilvusKind(IndexKind):
         ]
 
     def _rerank(
-        self, dense: list[Any], sparse: list[dict[int, float]], k: int, cands: int, expr: str
+        self,
+        dense: list[Any],
+        cand: np.ndarray,
+        k: int,
+        dense_params: dict[str, Any],
+        expr: str,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``cands`` best lexical matches of each query, re-scored by the dense product."""
-        _, cand = self._sparse_search(sparse, k, expr, candidates=cands)
+        """Lexical candidates (joined by the dense top ``k`` where fewer than ``k``) re-scored
+        by the dense inner product, like the local hybrid kind's ``rerank``."""
+        short = np.flatnonzero((cand >= 0).sum(axis=1) < k)
+        if len(short):  # too few lexical matches: the dense field's best join the candidates
+            _, extra = self._search("dense", [dense[i] for i in short], k, dense_params, expr)
+            fill = np.full((len(cand), k), -1, np.int64)
+            for j, r in enumerate(short):
+                fill[r] = np.where(np.isin(extra[j], cand[r]), -1, extra[j])  # no repeats
+            cand = np.concatenate([cand, fill], axis=1)
         wanted = np.unique(cand[cand >= 0])
         stored = self.get(wanted.tolist()) if len(wanted) else {}
         vecs = {i: np.asarray(r["dense"], np.float32) for i, r in stored.items()}
@@ -684,8 +741,7 @@ class MilvusKind(IndexKind):
             v = vecs.get(int(cand[r, c]))
             if v is not None:  # removed meanwhile: dropped
                 scores[r, c] = float(q[r] @ v)
-        ids = np.where(np.isfinite(scores), cand, -1)
-        return sort_results(scores, ids, k)
+        return sort_results(scores, np.where(np.isfinite(scores), cand, -1), k)
 
     def _query_sparse_row(self, sparse: SparseBatch, i: int) -> dict[int, float]:
         idx, val = sparse.row(i)
@@ -826,6 +882,17 @@ class MilvusKind(IndexKind):
             raise LexlensError(
                 f"Milvus {method} on {self.collection!r} at {self.target} failed: {msg}"
             ) from e
+
+
+def _check_alpha(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0:
+        raise UsageError(f"alpha must be between 0 and 1, got {v!r}")
+    return float(v)
+
+
+def _no_words(n: int) -> SparseBatch:
+    """``n`` queries without lexical weights."""
+    return SparseBatch(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), 0)
 
 
 def _ordered(row: Sequence[Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
