@@ -75,7 +75,7 @@ def data():
 
 @pytest.mark.parametrize(
     "spec,batches",
-    [("sparse", 1), ("sparse(block=1)", 3), ("sparse(block=4)", 5), ("sparse(block=128)", 2)],
+    [("sparse", 1), ("sparse(block=1)", 3), ("sparse(block=4)", 5), ("sparse(block=7)", 2)],
 )
 @pytest.mark.parametrize("k", [1, 10, 800])
 def test_exact_search_equals_brute_force(data, spec: str, batches: int, k: int) -> None:
@@ -264,7 +264,7 @@ def test_spec_options_and_bad_input(data) -> None:
     for bad in (
         "sparse(budget=2)",
         "sparse(block=0)",
-        "sparse(block=300)",
+        "sparse(block=9)",
         "sparse(foo=1)",
         "sparse4",
         "sparse(q8=3)",

@@ -4,7 +4,7 @@ Spec: ``hybrid(SPARSE,DENSE[;fusion=rerank|rrf|minmax,candidates=C,alpha=A,rrf_k
 child that needs lexical vectors (``sparse``, ``sparse(budget=0.05)``, ...) and one that needs
 dense vectors (``flat``, ``hnsw32``, ``ivf1024,pq32``, ``sq8``, ...), in either order.
 
-* ``fusion=rerank`` (default): the sparse child returns ``C`` candidates (default 100, at
+* ``fusion=rerank`` (default): the sparse child returns ``C`` candidates (default 50, at
   least ``k``), which are re-scored by the exact inner product of the query's and the items'
   dense embeddings (the vectors the dense child stores; decoded codes for ``pq``/``sq``). Only
   candidates are returned, so every hit shares a word with the query -- except when the
@@ -42,7 +42,7 @@ from lexlens.results import empty_results, sort_results
 __all__ = ["HybridKind", "DenseLookup", "FUSIONS", "DEFAULT_CANDIDATES", "dense_vectors_of"]
 
 FUSIONS = ("rerank", "rrf", "minmax")
-DEFAULT_CANDIDATES = 100
+DEFAULT_CANDIDATES = 50
 _OPTIONS = ("fusion", "candidates", "alpha", "rrf_k")
 
 

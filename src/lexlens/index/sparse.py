@@ -3,12 +3,13 @@
 Items and queries are sparse vectors over a word vocabulary (:class:`~lexlens.models.base.SparseBatch`);
 the score of an item is the dot product ``sum_w q_w * d_w`` over the words they share.
 
-Spec: ``sparse`` or ``sparse(budget=0.05,block=16,topk=64,q8)``:
+Spec: ``sparse`` or ``sparse(budget=0.005,block=4,topk=64,q8)``:
 
 * ``budget`` (default ``1.0`` = exact): the share of the query's postings that may be scored
   before the search stops (per call: ``SearchParams.sparse_budget``). Below 1 the search is
   approximate; it still stops earlier whenever no unvisited block can enter the top ``k``.
-* ``block`` (default 16, at most 128): documents per block of the block-max index.
+* ``block`` (default 8, 1 to 8): documents per block of the block-max index. Smaller blocks
+  give tighter bounds (fewer documents scored) for a larger index and bound pass.
 * ``topk``: keep only the ``topk`` heaviest words of each item when it is added.
 * ``q8``: store weights on a uniform 8-bit grid (``0 .. max``); lossy for weights that are not
   already on such a grid. Without it weights are stored without loss (see below).
@@ -24,15 +25,21 @@ than ``k`` hits when fewer items overlap the query. Queries must have non-negati
 **Layout (block-max pruning, after Mallia et al., "Faster Learned Sparse Retrieval with
 Block-Max Pruning", SIGIR 2024).** The index is a list of immutable *segments*. A segment
 orders its documents so that documents with the same heaviest words are neighbours (sort by
-the three heaviest words), cuts them into blocks of ``block`` documents and stores, per word:
-its postings (in-block offset ``uint8`` + weight code), and per block where it occurs the
-block id, the largest weight code and the number of postings. Weights are codes into a sorted
-per-segment table of the distinct weights (``uint8`` when there are at most 256 -- the case
-for 8-bit model output, which is therefore stored without loss -- ``uint16`` up to 65,536,
-beyond that a 16-bit grid). A query computes, for every block, the upper bound
-``sum_w q_w * max_w(block)``, visits blocks from the highest bound down and scores their
-documents, and stops when the next bound is below the ``k``-th score found (exact), or when
-the budget is spent.
+the three heaviest words) and cuts them into blocks of ``block`` documents. Per word it
+stores the weight codes of its postings in document order (one byte each) and where they
+are: a word found in at least 36% of the blocks has a *dense row* (per block: an 8-bit upper
+bound of its largest weight and a bit mask of the documents that have it; every 32nd block
+the index of its first posting); any other word a list of *pairs* (block id, 8-bit bound,
+document mask; every 32nd pair the index of its first posting). External ids are ``uint32``
+when they fit. Weights are codes into a sorted per-segment table of the distinct weights
+(``uint8`` when there are at most 256 -- the case for 8-bit model output, which is therefore
+stored without loss -- ``uint16`` up to 65,536, beyond that a 16-bit grid).
+
+A query computes, for every block, an integer upper bound ``sum_w ceil(q_w / u) * bound_w``
+(one vectorised pass per dense word, one pass over the pairs of the others), scores the
+blocks above a threshold estimated from a sample of the bounds first, then every other block
+whose bound still reaches the ``k``-th score, best bound first, and stops at the first one
+below it (exact), or when the budget is spent.
 
 **Changes.** ``add`` builds a new segment from the batch; segments of similar size are merged
 (so there are O(log n) of them). ``remove`` marks documents dead in a bitmap (dead documents are
@@ -72,9 +79,9 @@ __all__ = [
 ]
 
 #: documents per block when the spec gives none
-DEFAULT_BLOCK = 16
-#: largest block (in-block offsets and per-block counts are uint8)
-MAX_BLOCK = 128
+DEFAULT_BLOCK = 8
+#: largest block (a block's documents of one word are a uint8 bit mask)
+MAX_BLOCK = 8
 #: a segment with more than this share of dead documents is rebuilt
 REBUILD_DEAD_SHARE = 0.25
 #: a new segment is merged into the previous one while it is at least this share of its size
@@ -84,22 +91,21 @@ _ARRAYS = (
     "ids",
     "terms",
     "tptr",
-    "pptr",
-    "pair_block",
-    "pair_max",
-    "pair_cnt",
-    "post_off",
     "post_code",
     "codebook",
-    "bound",
     "dense_of",
     "dub",
-    "dcnt",
+    "dmask",
     "dchk",
+    "pptr",
+    "pair_block",
+    "pair_bound",
+    "pair_mask",
     "pchk",
 )
-#: a word present in at least 1/DENSE_SHARE of a segment's blocks gets dense bound arrays
-DENSE_SHARE = 4
+#: a word in at least this share of a segment's blocks gets a dense row (cheaper from ~36%:
+#: a row costs 2.25 bytes per block, a pair 6.25 bytes)
+DENSE_SHARE = 0.36
 
 
 def _kernels() -> Any:
@@ -194,21 +200,19 @@ class Segment:
     ``dead`` is a bitmap over internal positions (the only mutable part).
     """
 
-    ids: np.ndarray  # int64 [m] external id of each internal position
+    ids: np.ndarray  # uint32 (int64 if needed) [m] external id of each internal position
     terms: np.ndarray  # int32 [T] vocabulary id of each local word (ascending)
     tptr: np.ndarray  # int64 [T+1] postings of each local word
-    pptr: np.ndarray  # int64 [T+1] blocks of each local word
-    pair_block: np.ndarray  # int32 [P] block id
-    pair_max: np.ndarray  # code [P] largest weight code in the block
-    pair_cnt: np.ndarray  # uint8 [P] postings in the block
-    post_off: np.ndarray  # uint8 [nnz] offset inside the block
-    post_code: np.ndarray  # code [nnz] weight code
+    post_code: np.ndarray  # uint8/uint16 [nnz] weight codes, per word in document order
     codebook: np.ndarray  # float32 [C] ascending weights
-    bound: np.ndarray  # uint8 [C] ceil(255 * weight / largest weight): an 8-bit upper bound
-    dense_of: np.ndarray  # int32 [T] row of a dense word in dub/dcnt/dchk, -1 for others
-    dub: np.ndarray  # uint8 [D, blocks] bound of the largest weight per block (dense words)
-    dcnt: np.ndarray  # uint8 [D, blocks] postings per block (dense words)
-    dchk: np.ndarray  # int64 [D, blocks/32+1] first posting of every 32nd block (dense words)
+    dense_of: np.ndarray  # int32 [T] row of a dense word in dub/dmask/dchk, -1 for others
+    dub: np.ndarray  # uint8 [D, blocks] 8-bit bound of the largest weight per block
+    dmask: np.ndarray  # uint8 [D, blocks] which documents of the block have the word
+    dchk: np.ndarray  # int64 [D, blocks/32+1] first posting of every 32nd block
+    pptr: np.ndarray  # int64 [T+1] pairs of each other word (none for dense words)
+    pair_block: np.ndarray  # int32 [P] block id
+    pair_bound: np.ndarray  # uint8 [P] 8-bit bound of the largest weight in the block
+    pair_mask: np.ndarray  # uint8 [P] which documents of the block have the word
     pchk: np.ndarray  # int64 [P/32+1] first posting of every 32nd pair
     dead: np.ndarray  # uint8 [ceil(m/8)+1] bitmap
     block: int
@@ -228,14 +232,8 @@ class Segment:
 
     def kernel_args(self) -> tuple[Any, ...]:
         """The arrays :func:`~lexlens.index.sparse_kernels.search_segment` reads, in its order."""
-        views = tuple(
-            _arr(getattr(self, a))
-            for a in (
-                "terms", "tptr", "post_off", "post_code", "pptr", "pair_block", "pair_max",
-                "pair_cnt", "codebook", "bound", "dense_of", "dub", "dcnt", "dchk", "pchk", "ids",
-            )
-        )  # fmt: skip
-        return (*views, self.dead, self.size, self.block)
+        views = tuple(_arr(getattr(self, a)) for a in _ARRAYS[1:])
+        return (*views, _arr(self.ids), self.dead, self.size, self.block)
 
     def nbytes(self) -> int:
         return int(sum(np.asarray(getattr(self, a)).nbytes for a in _ARRAYS) + self.dead.nbytes)
@@ -259,13 +257,9 @@ class Segment:
         """The documents back as ``(ids, CSR rows)`` (weights decoded from the codes)."""
         k = _kernels()
         docs = k.decode_postings(
-            np.asarray(self.tptr),
-            np.asarray(self.pptr),
-            np.asarray(self.pair_block),
-            np.asarray(self.pair_cnt),
-            np.asarray(self.post_off),
-            self.block,
-        )
+            _arr(self.tptr), _arr(self.dense_of), _arr(self.dmask), _arr(self.pptr),
+            _arr(self.pair_block), _arr(self.pair_mask), self.block,
+        )  # fmt: skip
         term_of = np.repeat(np.arange(len(self.terms)), np.diff(np.asarray(self.tptr)))
         order = np.argsort(docs, kind="stable")  # words stay ascending inside a document
         docs = docs[order]
@@ -337,36 +331,33 @@ def build_segment(
     src = np.repeat(indptr[:-1][perm], lens) + (
         np.arange(int(new_ptr[-1])) - np.repeat(new_ptr[:-1], lens)
     )
-    tptr, post_off, post_code, pptr, pair_block, pair_max, pair_cnt = k.build_postings(
-        new_ptr, loc[src], codes[src], len(terms), block, np.zeros(1, codes.dtype)
-    )
-    pair_block = pair_block.astype(np.int32)
-    pair_cnt = pair_cnt.astype(np.uint8)
     vmax = float(book[-1]) if len(book) else 1.0
     bound = np.minimum(
         255, np.ceil(book.astype(np.float64) / max(vmax, 1e-30) * 255.0 * (1 + 1e-12))
     ).astype(np.uint8)
     n_blocks = (n + block - 1) // block
-    dense_of, dub, dcnt, dchk, pchk = k.build_bounds(
-        tptr, pptr, pair_block, pair_max, pair_cnt, bound, n_blocks,
-        max(1, n_blocks // DENSE_SHARE),
+    (tptr, post_code, dense_of, dub, dmask, dchk, pptr, pair_block, pair_bound, pair_mask,
+     pchk) = k.build_postings(
+        new_ptr, loc[src], codes[src], len(terms), block, bound,
+        max(1, int(np.ceil(n_blocks * DENSE_SHARE))), np.zeros(1, codes.dtype),
     )  # fmt: skip
+    ids = np.asarray(ids, np.int64)[perm]
+    if len(ids) and ids.min() >= 0 and ids.max() < 2**32:
+        ids = ids.astype(np.uint32)
     return Segment(
-        ids=np.asarray(ids, np.int64)[perm],
+        ids=ids,
         terms=terms.astype(np.int32),
         tptr=tptr,
-        pptr=pptr,
-        pair_block=pair_block,
-        pair_max=pair_max,
-        pair_cnt=pair_cnt,
-        post_off=post_off,
         post_code=post_code,
         codebook=book,
-        bound=bound,
         dense_of=dense_of,
         dub=dub,
-        dcnt=dcnt,
+        dmask=dmask,
         dchk=dchk,
+        pptr=pptr,
+        pair_block=pair_block,
+        pair_bound=pair_bound,
+        pair_mask=pair_mask,
         pchk=pchk,
         dead=np.zeros(n // 8 + 1, np.uint8),
         block=block,
@@ -586,9 +577,9 @@ class SparseKind(IndexKind):
                 continue
             s = self.segments[si]
             w = kern.lookup_weights(
-                np.asarray(words, np.int64), _arr(s.terms), _arr(s.tptr), _arr(s.post_off),
-                _arr(s.post_code), _arr(s.pptr), _arr(s.pair_block), _arr(s.pair_cnt),
-                _arr(s.codebook), pos, s.block,
+                np.asarray(words, np.int64), _arr(s.terms), _arr(s.tptr), _arr(s.post_code),
+                _arr(s.codebook), _arr(s.dense_of), _arr(s.dmask), _arr(s.dchk), _arr(s.pptr),
+                _arr(s.pair_block), _arr(s.pair_mask), _arr(s.pchk), pos, s.block,
             )  # fmt: skip
             out.append(_contributions(words, qw, w, vocab or query.vocab))
         return out

@@ -18,12 +18,12 @@ import numpy as np
 
 __all__ = [
     "build_postings",
-    "build_bounds",
     "decode_postings",
     "row_signatures",
     "search_segment",
     "heap_sorted",
     "lookup_weights",
+    "CHECK",
 ]
 
 _JIT = {"cache": True, "nogil": True, "boundscheck": False}
@@ -103,19 +103,67 @@ def heap_sorted(hs, hi, sizes, out_s, out_i):  # pragma: no cover
             out_i[r, :n] = i2[order2]
 
 
+# ----------------------------------------------------------------------------- layout
+#: blocks (dense words) / pairs (other words) between two stored absolute posting offsets
+CHECK = 32
+#: number of set bits of every byte
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+@nb.njit(inline="always", **_JIT)
+def _dense_start(d, b, dmask, dchk):  # pragma: no cover
+    """First posting of dense row ``d`` in block ``b``."""
+    start = dchk[d, b // CHECK]
+    for x in range(b - b % CHECK, b):
+        start += _POPCOUNT[dmask[d, x]]
+    return start
+
+
+@nb.njit(inline="always", **_JIT)
+def _pair_start(t, p, tptr, pptr, pair_mask, pchk):  # pragma: no cover
+    """First posting of pair ``p`` (of word ``t``)."""
+    first = p - p % CHECK
+    if first < pptr[t]:
+        start = tptr[t]
+        first = pptr[t]
+    else:
+        start = pchk[p // CHECK]
+    for x in range(first, p):
+        start += _POPCOUNT[pair_mask[x]]
+    return start
+
+
+@nb.njit(inline="always", **_JIT)
+def _find_pair(t, b, pptr, pair_block):  # pragma: no cover
+    """The pair of word ``t`` for block ``b``, or -1."""
+    lo = pptr[t]
+    hi = pptr[t + 1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if pair_block[mid] < b:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < pptr[t + 1] and pair_block[lo] == b:
+        return lo
+    return -1
+
+
 # ----------------------------------------------------------------------------- build
 @nb.njit(**_JIT)
 def build_postings(
-    indptr, terms, codes, n_terms: int, block: int, code_dtype_probe
+    indptr, terms, codes, n_terms, block, bound, dense_min, code_dtype_probe
 ):  # pragma: no cover
     """Invert a CSR segment (rows in internal order, ``terms`` local ids, ``codes`` weights).
 
-    Returns ``tptr, post_off, post_code, pptr, pair_block, pair_max, pair_cnt``: per local
-    term its postings sorted by document (in-block offset + weight code) and its blocks
-    (block id, largest code in the block, number of postings in the block).
+    Returns ``tptr, post_code, dense_of, dub, dmask, dchk, pptr, pair_block, pair_bound,
+    pair_mask, pchk`` (see :mod:`lexlens.index.sparse`): the weight codes of every word's
+    postings in document order; for a word in at least ``dense_min`` blocks a dense row of
+    per-block bounds and document masks; for the others their blocks as pairs.
     """
     n_docs = indptr.shape[0] - 1
     nnz = terms.shape[0]
+    n_blocks = (n_docs + block - 1) // block
     tptr = np.zeros(n_terms + 1, np.int64)
     for j in range(nnz):
         tptr[terms[j] + 1] += 1
@@ -123,136 +171,142 @@ def build_postings(
         tptr[t + 1] += tptr[t]
     fill = tptr[:-1].copy()
     post_doc = np.empty(nnz, np.int64)
-    post_off = np.empty(nnz, np.uint8)
     post_code = np.empty(nnz, code_dtype_probe.dtype)
     for d in range(n_docs):
         for j in range(indptr[d], indptr[d + 1]):
             t = terms[j]
-            p = fill[t]
+            x = fill[t]
             fill[t] += 1
-            post_doc[p] = d
-            post_off[p] = d % block
-            post_code[p] = codes[j]
-    # blocks per term
-    pptr = np.zeros(n_terms + 1, np.int64)
+            post_doc[x] = d
+            post_code[x] = codes[j]
+    # blocks per word -> dense rows or pairs
+    n_pairs_of = np.zeros(n_terms, np.int64)
     for t in range(n_terms):
-        cnt = 0
         last = -1
-        for p in range(tptr[t], tptr[t + 1]):
-            b = post_doc[p] // block
+        for x in range(tptr[t], tptr[t + 1]):
+            b = post_doc[x] // block
             if b != last:
-                cnt += 1
+                n_pairs_of[t] += 1
                 last = b
-        pptr[t + 1] = pptr[t] + cnt
-    n_pairs = pptr[n_terms]
-    pair_block = np.empty(n_pairs, np.int64)
-    pair_max = np.zeros(n_pairs, code_dtype_probe.dtype)
-    pair_cnt = np.zeros(n_pairs, np.int64)
+    dense_of = np.full(n_terms, -1, np.int32)
+    pptr = np.zeros(n_terms + 1, np.int64)
+    nd = 0
     for t in range(n_terms):
+        if n_pairs_of[t] >= dense_min:
+            dense_of[t] = nd
+            nd += 1
+            pptr[t + 1] = pptr[t]
+        else:
+            pptr[t + 1] = pptr[t] + n_pairs_of[t]
+    n_chk = n_blocks // CHECK + 1
+    dub = np.zeros((nd, n_blocks), np.uint8)
+    dmask = np.zeros((nd, n_blocks), np.uint8)
+    dchk = np.zeros((nd, n_chk), np.int64)
+    n_pairs = pptr[n_terms]
+    pair_block = np.empty(n_pairs, np.int32)
+    pair_bound = np.zeros(n_pairs, np.uint8)
+    pair_mask = np.zeros(n_pairs, np.uint8)
+    for t in range(n_terms):
+        d = dense_of[t]
         q = pptr[t] - 1
         last = -1
-        for p in range(tptr[t], tptr[t + 1]):
-            b = post_doc[p] // block
-            if b != last:
-                q += 1
-                pair_block[q] = b
-                last = b
-            pair_cnt[q] += 1
-            if post_code[p] > pair_max[q]:
-                pair_max[q] = post_code[p]
-    return tptr, post_off, post_code, pptr, pair_block, pair_max, pair_cnt
-
-
-# ----------------------------------------------------------------------------- search
-#: blocks between two stored posting offsets (dense words) / pairs between two (other words)
-CHECK = 32
+        for x in range(tptr[t], tptr[t + 1]):
+            doc = post_doc[x]
+            b = doc // block
+            bit = np.uint8(1 << (doc % block))
+            bc = bound[post_code[x]]
+            if d >= 0:
+                dmask[d, b] |= bit
+                if bc > dub[d, b]:
+                    dub[d, b] = bc
+            else:
+                if b != last:
+                    q += 1
+                    pair_block[q] = b
+                    last = b
+                pair_mask[q] |= bit
+                if bc > pair_bound[q]:
+                    pair_bound[q] = bc
+        if d >= 0:
+            run = tptr[t]
+            for b in range(n_blocks):
+                if b % CHECK == 0:
+                    dchk[d, b // CHECK] = run
+                run += _POPCOUNT[dmask[d, b]]
+    pchk = np.zeros(n_pairs // CHECK + 1, np.int64)
+    for t in range(n_terms):
+        run = tptr[t]
+        for p in range(pptr[t], pptr[t + 1]):
+            if p % CHECK == 0:
+                pchk[p // CHECK] = run
+            run += _POPCOUNT[pair_mask[p]]
+    return (
+        tptr,
+        post_code,
+        dense_of,
+        dub,
+        dmask,
+        dchk,
+        pptr,
+        pair_block,
+        pair_bound,
+        pair_mask,
+        pchk,
+    )
 
 
 @nb.njit(**_JIT)
-def build_bounds(
-    tptr, pptr, pair_block, pair_max, pair_cnt, bound, n_blocks, dense_min
-):  # pragma: no cover
-    """Upper-bound arrays of a segment.
-
-    A word with at least ``dense_min`` blocks is *dense*: it gets one row of ``dub`` (bound code
-    of its largest weight per block, 0 where absent), ``dcnt`` (postings per block) and
-    ``dchk`` (absolute index of its first posting in every ``CHECK``-th block). Other words
-    keep their pair lists; ``pchk`` holds the absolute posting index of every ``CHECK``-th pair.
-    ``bound[code]`` is the uniform 8-bit upper bound of a weight code.
-    """
-    n_terms = tptr.shape[0] - 1
-    dense_of = np.full(n_terms, -1, np.int32)
-    nd = 0
-    for t in range(n_terms):
-        if pptr[t + 1] - pptr[t] >= dense_min:
-            dense_of[t] = nd
-            nd += 1
-    n_chk = n_blocks // CHECK + 1
-    dub = np.zeros((nd, n_blocks), np.uint8)
-    dcnt = np.zeros((nd, n_blocks), np.uint8)
-    dchk = np.zeros((nd, n_chk), np.int64)
-    for t in range(n_terms):
+def decode_postings(tptr, dense_of, dmask, pptr, pair_block, pair_mask, block):  # pragma: no cover
+    """Internal document of every posting (inverse of :func:`build_postings`'s layout)."""
+    docs = np.empty(tptr[tptr.shape[0] - 1], np.int64)
+    for t in range(tptr.shape[0] - 1):
+        x = tptr[t]
         d = dense_of[t]
-        if d < 0:
-            continue
-        for p in range(pptr[t], pptr[t + 1]):
-            b = pair_block[p]
-            dub[d, b] = bound[pair_max[p]]
-            dcnt[d, b] = pair_cnt[p]
-        run = tptr[t]
-        for b in range(n_blocks):
-            if b % CHECK == 0:
-                dchk[d, b // CHECK] = run
-            run += dcnt[d, b]
-    n_pairs = pair_block.shape[0]
-    pchk = np.zeros(n_pairs // CHECK + 1, np.int64)
-    run = 0
-    for p in range(n_pairs):
-        if p % CHECK == 0:
-            pchk[p // CHECK] = run
-        run += pair_cnt[p]
-    return dense_of, dub, dcnt, dchk, pchk
+        if d >= 0:
+            for b in range(dmask.shape[1]):
+                m = dmask[d, b]
+                for off in range(block):
+                    if (m >> off) & 1:
+                        docs[x] = b * block + off
+                        x += 1
+        else:
+            for p in range(pptr[t], pptr[t + 1]):
+                m = pair_mask[p]
+                for off in range(block):
+                    if (m >> off) & 1:
+                        docs[x] = np.int64(pair_block[p]) * block + off
+                        x += 1
+    return docs
 
 
-@nb.njit(inline="always", **_JIT)
-def _block_postings(
-    t, d, js, b, pidx, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
-):  # pragma: no cover
-    """(first posting, count) of word ``t`` (dense row ``d`` or -1) in block ``b``.
-
-    Other words: ``pidx[js, b]`` holds the word's pair for ``b`` when it has one (written by
-    this query's bound pass; a stale entry never passes the check below, or names the same
-    pair); ``js < 0`` falls back to a binary search.
-    """
-    if d >= 0:
-        c = dcnt[d, b]
-        if c == 0:
-            return np.int64(0), np.int64(0)
-        start = dchk[d, b // CHECK]
-        for x in range(b - b % CHECK, b):
-            start += dcnt[d, x]
-        return np.int64(start), np.int64(c)
-    if js >= 0:
-        lo = np.int64(pidx[js, b])
-        if lo < pptr[t] or lo >= pptr[t + 1] or pair_block[lo] != b:
-            return np.int64(0), np.int64(0)
-    else:
-        lo = pptr[t]
-        hi = pptr[t + 1]
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if pair_block[mid] < b:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo >= pptr[t + 1] or pair_block[lo] != b:
-            return np.int64(0), np.int64(0)
-    start = pchk[lo // CHECK]
-    for x in range(lo - lo % CHECK, lo):
-        start += pair_cnt[x]
-    return np.int64(start), np.int64(pair_cnt[lo])
+@nb.njit(**_JIT)
+def row_signatures(indptr, terms, codes, width):  # pragma: no cover
+    """Per row, its ``width`` heaviest terms (ties by lower term; ``-1`` pads): the sort key
+    that places documents with the same dominant words in the same blocks."""
+    n = indptr.shape[0] - 1
+    out = np.full((n, width), -1, np.int64)
+    best_c = np.empty(width, np.int64)
+    for r in range(n):
+        for x in range(width):
+            best_c[x] = -1
+        for j in range(indptr[r], indptr[r + 1]):
+            c = np.int64(codes[j])
+            t = np.int64(terms[j])
+            pos = width
+            while pos > 0 and (
+                c > best_c[pos - 1] or (c == best_c[pos - 1] and t < out[r, pos - 1])
+            ):
+                pos -= 1
+            if pos < width:
+                for y in range(width - 1, pos, -1):
+                    best_c[y] = best_c[y - 1]
+                    out[r, y] = out[r, y - 1]
+                best_c[pos] = c
+                out[r, pos] = t
+    return out
 
 
+# ----------------------------------------------------------------------------- search
 @nb.njit(**_JIT)
 def _score_block(
     b,
@@ -265,16 +319,14 @@ def _score_block(
     tptr,
     pptr,
     pair_block,
-    pair_cnt,
-    dcnt,
-    dchk,
+    pair_mask,
     pchk,
-    post_off,
+    dmask,
+    dchk,
     post_code,
     codebook,
     acc,
     block,
-    n_docs,
     dead,
     ids,
     hs_r,
@@ -282,17 +334,36 @@ def _score_block(
     size,
     k,
 ):  # pragma: no cover
+    """Score the documents of block ``b`` and offer them to the heap; returns
+    (postings scored, heap size)."""
     scored = 0
     for j in range(m):
-        start, c = _block_postings(
-            loc[j], dloc[j], jsl[j], b, pidx, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk
-        )
-        if c == 0:
-            continue
+        t = loc[j]
+        d = dloc[j]
+        if d >= 0:
+            mask = dmask[d, b]
+            if mask == 0:
+                continue
+            start = _dense_start(d, b, dmask, dchk)
+        else:
+            js = jsl[j]
+            if js >= 0:  # this query's bound pass remembered the word's pair of each block
+                p = np.int64(pidx[js, b])
+                if p < pptr[t] or p >= pptr[t + 1] or pair_block[p] != b:
+                    continue  # a stale entry from another query: the word is not in b
+            else:
+                p = _find_pair(t, b, pptr, pair_block)
+                if p < 0:
+                    continue
+            mask = pair_mask[p]
+            start = _pair_start(t, p, tptr, pptr, pair_mask, pchk)
         w = qw[j]
-        for p in range(start, start + c):
-            acc[post_off[p]] += w * np.float64(codebook[post_code[p]])
-        scored += c
+        x = start
+        for off in range(block):
+            if (mask >> off) & 1:
+                acc[off] += w * np.float64(codebook[post_code[x]])
+                x += 1
+        scored += x - start
     base = b * block
     for off in range(block):
         v = acc[off]
@@ -306,24 +377,22 @@ def _score_block(
 
 
 @nb.njit(**_JIT)
-def search_segment(  # pragma: no cover
+def search_segment(
     q_indptr,
     q_terms,
     q_weights,
     seg_terms,
     tptr,
-    post_off,
     post_code,
-    pptr,
-    pair_block,
-    pair_max,
-    pair_cnt,
     codebook,
-    bound,
     dense_of,
     dub,
-    dcnt,
+    dmask,
     dchk,
+    pptr,
+    pair_block,
+    pair_bound,
+    pair_mask,
     pchk,
     ids,
     dead,
@@ -339,15 +408,15 @@ def search_segment(  # pragma: no cover
     cand_b,
     cand_v,
     pidx,
-):
+):  # pragma: no cover
     """Block-max search of one segment for every query row, updating the per-query heaps.
 
     ``q_terms`` (vocabulary ids, ascending per row) / ``q_weights`` (``float32``) is the query
     batch in CSR form; ``hs``/``hi``/``sizes`` are the heaps (``[n_q, k]`` scores and ids, and
     how full each is) carried over from earlier segments.
 
-    1. Upper bounds of all blocks in integers: ``sum_w ceil(q_w / u_q) * bound(max_w(block))``
-       (dense words as one vectorised pass each, other words through their pair lists).
+    1. Upper bounds of all blocks in integers: ``sum_w ceil(q_w / u_q) * bound_w(block)``
+       (dense words as one vectorised pass each, the others through their pairs).
     2. A threshold estimated from a sample of the bounds picks the few most promising
        blocks; they are scored first.
     3. Every other block whose bound reaches the ``k``-th score is scored, best bound first;
@@ -392,23 +461,22 @@ def search_segment(  # pragma: no cover
         for j in range(m):
             qq = np.uint32(min(255.0, np.ceil(qw[j] / qunit)))
             d = dloc[j]
+            t = loc[j]
             if d >= 0:
                 row = dub[d]
                 for b in range(n_blocks):
                     ub[b] += qq * np.uint32(row[b])
+            elif n_sparse < pidx.shape[0]:
+                jsl[j] = n_sparse
+                prow = pidx[n_sparse]
+                for p in range(pptr[t], pptr[t + 1]):
+                    b = pair_block[p]
+                    ub[b] += qq * np.uint32(pair_bound[p])
+                    prow[b] = p
+                n_sparse += 1
             else:
-                t = loc[j]
-                if n_sparse < pidx.shape[0]:
-                    jsl[j] = n_sparse
-                    prow = pidx[n_sparse]
-                    for p in range(pptr[t], pptr[t + 1]):
-                        b = pair_block[p]
-                        ub[b] += qq * np.uint32(bound[pair_max[p]])
-                        prow[b] = p
-                    n_sparse += 1
-                else:
-                    for p in range(pptr[t], pptr[t + 1]):
-                        ub[pair_block[p]] += qq * np.uint32(bound[pair_max[p]])
+                for p in range(pptr[t], pptr[t + 1]):
+                    ub[pair_block[p]] += qq * np.uint32(pair_bound[p])
         # a bound in score units, with a margin for the rounding of the float sums
         unit = qunit * vmax / 255.0 * (1.0 + 1e-6)
         top = np.uint32(0)
@@ -423,9 +491,8 @@ def search_segment(  # pragma: no cover
         hi_r = hi[r]
         scored = 0
         blocks_done = 0
-        # 2. the most promising blocks first: a threshold ``cut`` with at least ``want``
-        # blocks above it, estimated from a strided sample and checked by counting;
-        # 3. then the others whose bound reaches the k-th score; each phase best bound first
+        # 2. a threshold ``cut`` with at least ``want`` blocks above it, estimated from a
+        # strided sample and checked by counting
         want = max(2 * k, 16)
         stride = max(1, n_blocks // 1024)
         sample = np.sort(ub[:n_blocks:stride])[::-1]
@@ -441,6 +508,7 @@ def search_segment(  # pragma: no cover
                 break
             cut = np.uint32(1)
             rank *= 4
+        # phase 0: blocks at or above the cut; phase 1: below it, down to the k-th score
         for phase in range(2):
             lo = cut
             hi_v = np.uint32(top)
@@ -464,10 +532,31 @@ def search_segment(  # pragma: no cover
                 if size == k and np.float64(ub[b]) * unit < hs_r[0]:
                     break
                 sc, size = _score_block(
-                    b, loc, dloc, jsl, pidx, qw, m, tptr, pptr, pair_block, pair_cnt, dcnt, dchk, pchk,
-                    post_off, post_code, codebook, acc, block, n_docs, dead, ids, hs_r, hi_r,
-                    size, k,
-                )  # fmt: skip
+                    b,
+                    loc,
+                    dloc,
+                    jsl,
+                    pidx,
+                    qw,
+                    m,
+                    tptr,
+                    pptr,
+                    pair_block,
+                    pair_mask,
+                    pchk,
+                    dmask,
+                    dchk,
+                    post_code,
+                    codebook,
+                    acc,
+                    block,
+                    dead,
+                    ids,
+                    hs_r,
+                    hi_r,
+                    size,
+                    k,
+                )
                 scored += sc
                 blocks_done += 1
                 if scored >= limit:
@@ -481,51 +570,22 @@ def search_segment(  # pragma: no cover
 
 
 @nb.njit(**_JIT)
-def decode_postings(tptr, pptr, pair_block, pair_cnt, post_off, block):  # pragma: no cover
-    """Internal document of every posting (inverse of :func:`build_postings`'s layout)."""
-    docs = np.empty(post_off.shape[0], np.int64)
-    for t in range(tptr.shape[0] - 1):
-        x = tptr[t]
-        for p in range(pptr[t], pptr[t + 1]):
-            base = np.int64(pair_block[p]) * block
-            for _ in range(pair_cnt[p]):
-                docs[x] = base + post_off[x]
-                x += 1
-    return docs
-
-
-@nb.njit(**_JIT)
-def row_signatures(indptr, terms, codes, width):  # pragma: no cover
-    """Per row, its ``width`` heaviest terms (ties by lower term; ``-1`` pads): the sort key
-    that places documents with the same dominant words in the same blocks."""
-    n = indptr.shape[0] - 1
-    out = np.full((n, width), -1, np.int64)
-    best_c = np.empty(width, np.int64)
-    for r in range(n):
-        for x in range(width):
-            best_c[x] = -1
-        for j in range(indptr[r], indptr[r + 1]):
-            c = np.int64(codes[j])
-            t = np.int64(terms[j])
-            # insert (c desc, t asc) into the small sorted list
-            pos = width
-            while pos > 0 and (
-                c > best_c[pos - 1] or (c == best_c[pos - 1] and t < out[r, pos - 1])
-            ):
-                pos -= 1
-            if pos < width:
-                for y in range(width - 1, pos, -1):
-                    best_c[y] = best_c[y - 1]
-                    out[r, y] = out[r, y - 1]
-                best_c[pos] = c
-                out[r, pos] = t
-    return out
-
-
-@nb.njit(**_JIT)
-def lookup_weights(  # pragma: no cover
-    q_vocab, seg_terms, tptr, post_off, post_code, pptr, pair_block, pair_cnt, codebook, doc, block
-):
+def lookup_weights(
+    q_vocab,
+    seg_terms,
+    tptr,
+    post_code,
+    codebook,
+    dense_of,
+    dmask,
+    dchk,
+    pptr,
+    pair_block,
+    pair_mask,
+    pchk,
+    doc,
+    block,
+):  # pragma: no cover
     """The stored weight of each query word ``q_vocab`` in internal document ``doc`` (0 if absent)."""
     out = np.zeros(q_vocab.shape[0], np.float32)
     b = doc // block
@@ -534,17 +594,18 @@ def lookup_weights(  # pragma: no cover
         t = np.searchsorted(seg_terms, q_vocab[j])
         if t >= seg_terms.shape[0] or seg_terms[t] != q_vocab[j]:
             continue
-        lo = pptr[t]
-        hi_ = pptr[t + 1]
-        run = tptr[t]
-        # linear over the term's blocks is fine for explanations (a handful of results)
-        for p in range(lo, hi_):
-            if pair_block[p] == b:
-                for x in range(run, run + pair_cnt[p]):
-                    if post_off[x] == off:
-                        out[j] = codebook[post_code[x]]
-                break
-            if pair_block[p] > b:
-                break
-            run += pair_cnt[p]
+        d = dense_of[t]
+        if d >= 0:
+            mask = dmask[d, b]
+            start = _dense_start(d, b, dmask, dchk)
+        else:
+            p = _find_pair(t, b, pptr, pair_block)
+            if p < 0:
+                continue
+            mask = pair_mask[p]
+            start = _pair_start(t, p, tptr, pptr, pair_mask, pchk)
+        if not (mask >> off) & 1:
+            continue
+        below = mask & ((1 << off) - 1)
+        out[j] = codebook[post_code[start + _POPCOUNT[below]]]
     return out

@@ -328,7 +328,7 @@ def default_spec(n_items: int, has_lexical: bool = False, dim: int | None = None
       ``hybrid(sparse,DENSE)`` at every size (``hybrid(sparse,flat)`` below 50,000 items,
       ``hybrid(sparse,hnsw32)`` up to 5 million, ``hybrid(sparse,ivfN,pqM)`` beyond): the exact
       inverted index (:mod:`lexlens.index.sparse`) finds the candidates sharing words with
-      the query, 100 of them are re-scored by their dense embeddings (``fusion=rerank``), every
+      the query, 50 of them are re-scored by their dense embeddings (``fusion=rerank``), every
       hit can list its shared words, and queries without words (raw embeddings, or words the
       lexicon does not know) are answered by the dense part, which keeps its usual speed.
       The inverted index is exact at every size: at 1 million items its single-query
