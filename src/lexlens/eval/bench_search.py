@@ -23,6 +23,12 @@ each term with a small probability, multiplies each weight by log-normal noise a
 terms drawn by document frequency. Dense and sparse parts of one synthetic item come from the
 same encoded item. Queries are encoded captions.
 
+``--model synthetic:lexical`` needs no model: items and queries come from
+:func:`synthesize_lexical_gallery` (LexLIP-like sparse statistics with matching dense
+vectors), e.g. to measure the ``sparse`` and ``hybrid(...)`` kinds against ``flat`` and
+``hnsw32`` before a lexical model is trained. Each row also reports how many times faster
+(p50) and smaller (bytes on disk) than ``flat`` at the same ``N`` it is.
+
 **Bounded.** Before any work, the peak memory of every ``(N, kind)`` run is estimated and the
 command fails with one line if one does not fit ``max_memory`` (default: 80% of the available
 RAM). Nothing runs in the background; runs are sequential.
