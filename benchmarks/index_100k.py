@@ -50,6 +50,10 @@ K = 10
 TEXT = "a red circle"
 EDIT = "but blue"
 WHERE = "scene.kind=pair AND scene.background=gray"
+TINY_NOTE = (
+    "a tiny random open_clip ViT (64 px, 32-d) made by --tiny-model: the index's timings "
+    "hold, the answers' relevance does not"
+)
 
 
 def make_tiny_openclip(folder: Path) -> str:
@@ -322,7 +326,8 @@ def to_markdown(log: dict[str, Any]) -> str:
         f"{_mb(ix['disk_bytes'])} on disk; machine: {log['machine']['cpus']} CPUs shared with "
         f"other jobs (load average {log['machine']['load_avg_start'][0]:.1f} at the start, "
         f"{log['machine']['load_avg_end'][0]:.1f} at the end), `nice 15`, "
-        f"OMP_NUM_THREADS={log['machine']['omp_num_threads']}, one decoding worker.",
+        f"OMP_NUM_THREADS={log['machine']['omp_num_threads']}, one decoding worker."
+        + (f" Model: {log['model_note']}." if log.get("model_note") else ""),
         "",
         "| step | seconds | rate |",
         "| --- | ---: | --- |",
@@ -376,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     model = make_tiny_openclip(a.tiny_model) if a.tiny_model else a.model
     log = run(a.work, a.n, model, a.repeat, a.inproc_repeat, a.caption_scenes, spec=a.spec)
+    if a.tiny_model:
+        log["model_note"] = TINY_NOTE
     text = json.dumps(log, indent=2, default=str)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(text + "\n")
