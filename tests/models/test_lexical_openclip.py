@@ -83,3 +83,14 @@ def test_sparse_index_over_the_wrapped_model(tiny, tmp_path):
     assert res.ids[0][res.ids[0] >= 0].tolist() == [i for _, i in order]
     for h in res.hits[0]:
         assert h.explain  # the words it shares with the query
+    # the same model behind a hybrid index (rerank): the items sharing a word with the query,
+    # ordered by the dense similarity (more than k of them share one here)
+    Index.build(
+        scenes, spec, tmp_path / "hyb", spec="hybrid(sparse,flat)", progress=False, workers=0
+    )
+    got = Index.open(tmp_path / "hyb").search("a red circle", k=3, query_mode="inference-free")
+    sharing = [i for i, s in enumerate(scores) if s > 0]
+    assert len(sharing) > 3
+    dense = idx.vectors(sharing).dense @ enc.encode_texts(["a red circle"])[0]
+    want = [sharing[j] for j in sorted(range(len(sharing)), key=lambda j: (-dense[j], sharing[j]))]
+    assert got.ids[0].tolist() == want[:3]
