@@ -3,11 +3,13 @@ adapter retrieve best? Measured on generated held-out scenes with a real encoder
 
     python benchmarks/lexical_adapter_bench.py --model native:scenes-mini --n 1000 \
         [--data DIR] [--weights z,sim,img,softmax] [--topk 8,16,32,64] \
-        [--words scenes,minilm] [--prompts photo,plain] [--out benchmarks/results/lexical_adapter]
+        [--words scenes,minilm] [--prompts photo,plain] [--qtopk 0,16] \
+        [--out benchmarks/results/lexical_adapter]
 
 The dense embeddings of the images and captions are computed once; every variant turns the
 same image embeddings into lexical vectors (``LexicalAdapter.lexical_from_dense``) and the
-captions into word vectors, and is scored with the standard protocol (R@1/5/10 both ways,
+captions into query vectors in both query modes (``encoder``: words + the caption
+embedding's ``qtopk`` nearest words; ``inference-free``: the words alone), and is scored with the standard protocol (R@1/5/10 both ways,
 rSum; ties by (-score, id)) on the full sparse score matrix. Writes ``OUT/<model>.json`` and
 ``.md``: per variant the lexical rSum and its share of the dense rSum of the same model.
 """
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words", default="scenes,minilm")
     p.add_argument("--prompts", default="photo,plain")
     p.add_argument("--temps", default="0.01,0.05", help="softmax temperatures")
+    p.add_argument("--qtopk", default="16", help="encoder-mode query words (comma list)")
     p.add_argument("--out", default="benchmarks/results/lexical_adapter")
     a = p.parse_args(argv)
 
@@ -61,13 +64,22 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     grid = itertools.product(
-        a.words.split(","), a.prompts.split(","), a.weights.split(","), a.topk.split(",")
+        a.words.split(","),
+        a.prompts.split(","),
+        a.weights.split(","),
+        a.topk.split(","),
+        a.qtopk.split(","),
     )
-    for words, prompts, weight, topk in grid:
+    for words, prompts, weight, topk, qtopk in grid:
         temps = a.temps.split(",") if weight == "softmax" else ["0.01"]
         for temp in temps:
             opts = LexicalOptions(
-                topk=int(topk), weight=weight, words=words, prompts=prompts, temp=float(temp)
+                topk=int(topk),
+                weight=weight,
+                words=words,
+                prompts=prompts,
+                temp=float(temp),
+                qtopk=int(qtopk),
             )
             enc = LexicalAdapter(inner, opts)
             t0 = time.perf_counter()
@@ -75,34 +87,38 @@ def main(argv: list[str] | None = None) -> int:
             if weight in ("z", "center"):
                 enc.reference_stats(progress=True)
             tables_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
             img_s = enc.lexical_from_dense(img)
-            txt_s = enc.encode_texts_lexical(data.texts)
-            lex_s = time.perf_counter() - t0
-            block = retrieval_block(sparse_scores(txt_s, img_s), t2i, (1, 5, 10))
-            row = {
-                "spec": enc.name,
-                "words": words,
-                "vocab": len(enc.vocab),
-                "prompts": prompts,
-                "weight": weight,
-                "temp": float(temp) if weight == "softmax" else None,
-                "topk": int(topk),
-                "rsum": block["rsum"],
-                "share_of_dense": block["rsum"] / dense["rsum"] if dense["rsum"] else None,
-                "t2i_R@1": block["t2i"]["R@1"],
-                "i2t_R@1": block["i2t"]["R@1"],
-                "nnz_per_image": float(len(img_s.indices) / max(len(img_s), 1)),
-                "nnz_per_query": float(len(txt_s.indices) / max(len(txt_s), 1)),
-                "tables_s": tables_s,
-                "lexical_s": lex_s,
-            }
-            rows.append(row)
-            print(
-                f"{words:>6} {prompts:>5} {weight:>7} t={temp:<5} k={topk:>3}: "
-                f"rSum {row['rsum']:6.1f} ({100 * (row['share_of_dense'] or 0):5.1f}% of dense)",
-                file=sys.stderr,
-            )
+            for mode in ("encoder", "inference-free") if int(qtopk) else ("inference-free",):
+                t0 = time.perf_counter()
+                txt_s = enc.encode_texts_lexical(data.texts, mode=mode)
+                lex_s = time.perf_counter() - t0
+                block = retrieval_block(sparse_scores(txt_s, img_s), t2i, (1, 5, 10))
+                row = {
+                    "spec": enc.name,
+                    "mode": mode,
+                    "words": words,
+                    "vocab": len(enc.vocab),
+                    "prompts": prompts,
+                    "weight": weight,
+                    "temp": float(temp) if weight == "softmax" else None,
+                    "topk": int(topk),
+                    "qtopk": int(qtopk) if mode == "encoder" else 0,
+                    "rsum": block["rsum"],
+                    "share_of_dense": block["rsum"] / dense["rsum"] if dense["rsum"] else None,
+                    "t2i_R@1": block["t2i"]["R@1"],
+                    "i2t_R@1": block["i2t"]["R@1"],
+                    "nnz_per_image": float(len(img_s.indices) / max(len(img_s), 1)),
+                    "nnz_per_query": float(len(txt_s.indices) / max(len(txt_s), 1)),
+                    "tables_s": tables_s,
+                    "query_encode_s": lex_s,
+                }
+                rows.append(row)
+                print(
+                    f"{words:>6} {prompts:>5} {weight:>7} t={temp:<5} k={topk:>3} {mode:>14}: "
+                    f"rSum {row['rsum']:6.1f} ({100 * (row['share_of_dense'] or 0):5.1f}% of "
+                    "dense)",
+                    file=sys.stderr,
+                )
     result = {
         "model": a.model,
         "data": a.data or f"generated scenes n={a.n} size={a.size} seed=12345 split=test",
@@ -119,14 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# lexical adapter on {a.model}: {len(img)} images, dense rSum {dense['rsum']:.1f}",
         "",
-        "| words | prompts | weight | temp | topk | rSum | % of dense | t2i R@1 | i2t R@1 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | words | prompts | weight | temp | topk | qtopk | rSum | % of dense | t2i R@1 "
+        "| i2t R@1 | words/image | words/query |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sorted(rows, key=lambda r: -r["rsum"]):
         lines.append(
-            f"| {r['words']} | {r['prompts']} | {r['weight']} | {r['temp'] or ''} | {r['topk']} "
-            f"| {r['rsum']:.1f} | {100 * (r['share_of_dense'] or 0):.1f} | {r['t2i_R@1']:.1f} "
-            f"| {r['i2t_R@1']:.1f} |"
+            f"| {r['mode']} | {r['words']} | {r['prompts']} | {r['weight']} | {r['temp'] or ''} "
+            f"| {r['topk']} | {r['qtopk']} | {r['rsum']:.1f} "
+            f"| {100 * (r['share_of_dense'] or 0):.1f} | {r['t2i_R@1']:.1f} "
+            f"| {r['i2t_R@1']:.1f} | {r['nnz_per_image']:.1f} | {r['nnz_per_query']:.1f} |"
         )
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -129,32 +129,54 @@ def test_topk_cut_breaks_ties_by_lower_word_id():
     assert LA._top_words(w, 3, vocab).row(0)[0].tolist() == [0, 1, 5]
 
 
-def test_texts_get_their_vocabulary_words_in_every_mode(files):
-    enc = LexicalAdapter(HashEncoder(), parse_lexical_options(_opts(files)))
-    assert enc.lexical_query_modes == QUERY_MODES
-    texts = ["A RED star, left of 2 red... Squares", "nothing known", "7 apples? apple!"]
-    rows = {}
-    for mode in QUERY_MODES:
-        sb = encode_query_lexical(enc, texts, mode)
-        rows[mode] = [
-            {enc.vocab[int(i)]: float(v) for i, v in zip(*sb.row(r), strict=True)}
-            for r in range(len(texts))
-        ]
-    assert rows["encoder"] == rows["inference-free"]
-    assert rows["encoder"] == [
-        {"red": 1.0, "star": 1.0, "left": 1.0},
-        {},
-        {"7": 1.0, "apple": 1.0},
+def _rows(enc: LexicalAdapter, sb) -> list[dict[str, float]]:
+    return [
+        {enc.vocab[int(i)]: float(v) for i, v in zip(*sb.row(r), strict=True)}
+        for r in range(len(sb))
     ]
+
+
+TEXTS = ["A RED star, left of 2 red... Squares", "nothing known", "7 apples? apple!"]
+WORDS_OF_TEXTS = [{"red": 1.0, "star": 1.0, "left": 1.0}, {}, {"7": 1.0, "apple": 1.0}]
+
+
+def test_inference_free_queries_are_their_vocabulary_words(files):
+    inner = HashEncoder()
+    enc = LexicalAdapter(inner, parse_lexical_options(_opts(files)))
+    assert enc.lexical_query_modes == QUERY_MODES
+    before = inner.texts_encoded
+    assert _rows(enc, encode_query_lexical(enc, TEXTS, "inference-free")) == WORDS_OF_TEXTS
+    assert inner.texts_encoded == before  # no network at query time
     with pytest.raises(UsageError, match="unknown query mode"):
         enc.encode_texts_lexical(["red"], mode="fast")
+    # without the encoder part (qtopk=0) both modes give the words alone
+    enc0 = LexicalAdapter(inner, parse_lexical_options(_opts(files, qtopk=0)))
+    assert _rows(enc0, enc0.encode_texts_lexical(TEXTS)) == WORDS_OF_TEXTS
+
+
+def test_encoder_queries_add_the_text_embeddings_nearest_words(files):
+    inner = HashEncoder()
+    enc = LexicalAdapter(inner, parse_lexical_options(_opts(files, qtopk=3)))
+    got = _rows(enc, encode_query_lexical(enc, TEXTS, "encoder"))
+    emb = _naive_word_embeddings(inner)
+    mu = (emb @ emb.T).mean(axis=0)  # the reference folder has no captions: words stand in
+    for r, text in enumerate(TEXTS):
+        c = inner.encode_texts([text])[0] @ emb.T - mu
+        top = sorted((-c[j], j) for j in range(len(WORDS)) if c[j] > 0)[:3]
+        want = dict(WORDS_OF_TEXTS[r])
+        for negc, j in top:
+            want[WORDS[j]] = want.get(WORDS[j], 0.0) + (-negc) / (-top[0][0])
+        assert got[r].keys() == want.keys()
+        for w, v in want.items():
+            assert got[r][w] == pytest.approx(v, rel=1e-4, abs=1e-5)
+        assert max(got[r].values()) <= 2.0 + 1e-6
 
 
 def test_query_expansion_adds_nearest_words_by_cosine(files):
     inner = HashEncoder()
     enc = LexicalAdapter(inner, parse_lexical_options(_opts(files, expand=2)))
     emb = _naive_word_embeddings(inner)
-    sb = enc.encode_texts_lexical(["red cloud"])
+    sb = enc.encode_texts_lexical(["red cloud"], mode="inference-free")
     got = {enc.vocab[int(i)]: float(v) for i, v in zip(*sb.row(0), strict=True)}
     want: dict[str, float] = {"red": 1.0, "cloud": 1.0}
     for w in ("red", "cloud"):
@@ -174,7 +196,7 @@ def test_results_explain_themselves_by_words(files):
     q = enc.encode_texts_lexical(["red green blue yellow white black circle star"])
     shared = set(q.row(0)[0].tolist()) & set(img.row(0)[0].tolist())
     score = float(q.to_dense()[0] @ img.to_dense()[0])
-    words = {img.vocab[i]: float(img.to_dense()[0, i]) for i in shared}
+    words = {img.vocab[i]: float(q.to_dense()[0, i] * img.to_dense()[0, i]) for i in shared}
     assert score == pytest.approx(sum(words.values()))
     assert all(isinstance(w, str) and w in WORDS for w in words)
 

@@ -32,6 +32,8 @@ prompts    photo       word prompts, averaged: ``photo`` ("a photo of a {}.", "a
                        ``plain`` ("{}"), or a file (one template a line, ``{}`` = the word)
 expand     0           query expansion: each query word adds its ``expand`` nearest
                        vocabulary words (weight = the cosine of their word embeddings)
+qtopk      16          ``encoder`` query mode: the text embedding's ``qtopk`` nearest words
+                       are added to the query's own words (0: both modes give the words only)
 temp       0.01        softmax temperature (``weight=softmax``)
 cache      (none)      directory where the word embeddings and reference statistics are kept
                        (otherwise they are kept in memory for the process only)
@@ -40,11 +42,13 @@ cache      (none)      directory where the word embeddings and reference statist
 How it works: every vocabulary word ``w`` gets a text embedding ``e_w`` (the inner model's,
 averaged over the prompts, computed once). An image's similarities ``s_w = <img, e_w>`` are
 turned into non-negative weights (``weight``) and the ``topk`` largest are kept (ties: lower
-word id first). A text's lexical vector is its own words that are in the vocabulary
-(``[a-z]+|[0-9]+`` on the lower-cased text), weight 1, optionally expanded; this needs no
-network, so both query modes (``encoder`` and ``inference-free``) give the same vectors. The
-score of an image for a query is then the sum of the image's weights of the query's words:
-every result is explained by the words it shares with the query.
+word id first). A text's lexical vector in the ``inference-free`` query mode is its own
+words that are in the vocabulary (``[a-z]+|[0-9]+`` on the lower-cased text), weight 1,
+optionally expanded: no network. The ``encoder`` mode (the default) also runs the text tower
+and adds the ``qtopk`` words whose embeddings are closest to the text's (similarity minus
+the word's mean over reference texts, scaled so that the closest weighs 1), which brings in
+words the text implies but does not spell. The score of an image for a query is the sum over
+shared words of query weight x image weight: every result is explained by those words.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class LexicalOptions:
     words: str = "minilm"
     prompts: str = "photo"
     expand: int = 0
+    qtopk: int = 16
     temp: float = 0.01
     cache: str | None = None
 
@@ -144,6 +149,8 @@ class LexicalOptions:
             raise UsageError(f"lexical option nref must be >= 2, got {self.nref}")
         if self.expand < 0:
             raise UsageError(f"lexical option expand must be >= 0, got {self.expand}")
+        if self.qtopk < 0:
+            raise UsageError(f"lexical option qtopk must be >= 0, got {self.qtopk}")
         if not self.temp > 0:
             raise UsageError(f"lexical option temp must be > 0, got {self.temp}")
         for key in ("ref", "words", "prompts", "cache"):
@@ -152,7 +159,7 @@ class LexicalOptions:
                 raise UsageError(f"lexical option {key}={v!r}: empty or holds ',', '(' or ')'")
 
 
-_INT_OPTS = {"topk", "nref", "expand"}
+_INT_OPTS = {"topk", "nref", "expand", "qtopk"}
 _FLOAT_OPTS = {"temp"}
 
 
@@ -353,7 +360,8 @@ class LexicalAdapter(Encoder):
 
     @property
     def lexical_query_modes(self) -> tuple[str, ...]:
-        """Both modes: the query side never runs a network (its words, looked up)."""
+        """Both: ``encoder`` (words + the text embedding's nearest words) and
+        ``inference-free`` (the words alone, looked up: no network)."""
         return QUERY_MODES
 
     @property
@@ -367,12 +375,27 @@ class LexicalAdapter(Encoder):
 
     def reference_stats(self, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Each word's similarity mean and standard deviation over the reference images."""
+        return self._stats("img", progress)
+
+    def text_reference_stats(self, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Each word's similarity mean and standard deviation over the reference texts (the
+        reference images' captions; without captions, the word prompts themselves)."""
+        return self._stats("txt", progress)
+
+    def _stats(self, side: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         t = self._get_tables(progress)
-        key = self._ref_key()
+        key = f"{side}{self._ref_key()}"
         if key not in t.ref:
             with self._lock:
                 if key not in t.ref:
-                    t.ref[key] = self._compute_ref(t.emb, progress)
+                    images, texts = self._reference_set()
+                    if side == "img":
+                        dense = self.encode_images(images, progress=progress)
+                    elif texts:
+                        dense = self.inner.encode_texts(texts, progress=progress)
+                    else:
+                        dense = t.emb
+                    t.ref[key] = _column_stats(dense @ t.emb.T)
                     self._save_disk(t)
         return t.ref[key]
 
@@ -418,9 +441,22 @@ class LexicalAdapter(Encoder):
         progress: bool = False,
         mode: str = "encoder",
     ) -> SparseBatch:
-        """The texts' vocabulary words (weight 1), expanded by ``expand`` neighbours each;
-        the same in every query mode (no network either way)."""
+        """The texts' vocabulary words (weight 1, plus ``expand`` neighbours each); in the
+        ``encoder`` mode plus the ``qtopk`` words closest to the text's embedding (module
+        docstring). ``inference-free`` runs no network."""
         self.check_query_mode(mode)
+        words = self._query_words(texts)
+        if mode != "encoder" or not self.options.qtopk or not len(words):
+            return words
+        dense = self.inner.encode_texts(texts, batch_size=batch_size, progress=progress)
+        mu, _ = self.text_reference_stats()
+        enc_words = _top_words(
+            np.maximum(self.similarities(dense) - mu, 0.0), self.options.qtopk, self._words
+        )
+        return _add_rows_scaled(words, enc_words)
+
+    def _query_words(self, texts: Sequence[str]) -> SparseBatch:
+        """The inference-free part: vocabulary words of each text, optionally expanded."""
         indptr = [0]
         idx_parts: list[np.ndarray] = []
         val_parts: list[np.ndarray] = []
@@ -508,7 +544,8 @@ class LexicalAdapter(Encoder):
                 bar.update(len(chunk))
         return l2_normalize(acc)
 
-    def _reference_images(self) -> list[Any]:
+    def _reference_set(self) -> tuple[list[Any], list[str]]:
+        """The reference images and their captions (``ref``, first ``nref`` images)."""
         n = self.options.nref
         if self.options.ref == "scenes":
             import io
@@ -517,23 +554,16 @@ class LexicalAdapter(Encoder):
 
             from lexlens.data.scenes import make_item
 
-            return [
-                Image.open(io.BytesIO(make_item(0, i, 64, "lexical-reference").png)).convert("RGB")
-                for i in range(n)
-            ]
+            items = [make_item(0, i, 64, "lexical-reference") for i in range(n)]
+            images = [Image.open(io.BytesIO(it.png)).convert("RGB") for it in items]
+            return images, [c for it in items for c in it.captions]
         from lexlens.data.readers import load_dataset
 
-        paths = list(load_dataset(self.options.ref).image_paths[:n])
+        ds = load_dataset(self.options.ref)
+        paths = list(ds.image_paths[:n])
         if len(paths) < 2:
             raise DataError(f"lexical reference set {self.options.ref} has fewer than 2 images")
-        return paths
-
-    def _compute_ref(self, emb: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        dense = self.encode_images(self._reference_images(), progress=progress)
-        sims = dense @ emb.T
-        mu = sims.mean(axis=0).astype(np.float32)
-        sd = (sims.std(axis=0) + 1e-4).astype(np.float32)
-        return mu, sd
+        return paths, [str(c) for caps in list(ds.captions)[:n] for c in caps]
 
     def _cache_file(self, key: str) -> Path | None:
         if self.options.cache is None:
@@ -582,9 +612,41 @@ def _public(o: LexicalOptions) -> dict[str, Any]:
     return {f.name: getattr(o, f.name) for f in fields(o)}
 
 
+def _column_stats(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (word) mean and standard deviation (+1e-4) of a similarity matrix."""
+    return sims.mean(axis=0).astype(np.float32), (sims.std(axis=0) + 1e-4).astype(np.float32)
+
+
 def _same_model(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     return a.shape == b.shape and float(np.dot(a, b)) >= 0.999
+
+
+def _add_rows_scaled(a: SparseBatch, b: SparseBatch) -> SparseBatch:
+    """``a + b / max(b row)`` row by row (same vocabulary); ids ascending."""
+    indptr = [0]
+    idx_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
+    for r in range(len(a)):
+        row: dict[int, float] = {}
+        ia, va = a.row(r)
+        ib, vb = b.row(r)
+        top = float(vb.max()) if len(vb) else 0.0
+        for i, v in zip(ia.tolist(), va.tolist(), strict=True):
+            row[i] = row.get(i, 0.0) + v
+        for i, v in zip(ib.tolist(), vb.tolist(), strict=True):
+            row[i] = row.get(i, 0.0) + v / top
+        keys = sorted(row)
+        idx_parts.append(np.asarray(keys, np.int32))
+        val_parts.append(np.asarray([row[k] for k in keys], np.float32))
+        indptr.append(indptr[-1] + len(keys))
+    return SparseBatch(
+        indptr=np.asarray(indptr, np.int64),
+        indices=np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int32),
+        values=np.concatenate(val_parts) if val_parts else np.zeros(0, np.float32),
+        vocab_size=a.vocab_size,
+        vocab=a.vocab,
+    )
 
 
 def _top_words(weights: np.ndarray, k: int, vocab: Sequence[str]) -> SparseBatch:
