@@ -188,9 +188,144 @@ def _run_data_info(a: DataInfoArgs) -> int:
 
 
 # ----------------------------------------------------------------------------- train (issue #4)
+@dataclass
+class TrainArgs:
+    out: str
+    recipe: str | None = None
+    data: str | None = None
+    val: str | None = None
+    split: str | None = None
+    model: str | None = None
+    config: str | None = None
+    objective: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    hard_negatives: int | None = None
+    augment: bool = True
+    limit: int | None = None
+    seed: int | None = None
+    threads: int | None = None
+    resume: bool = False
+    json: bool = False
+
+
 def _build_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a dual encoder")
-    p.set_defaults(_make=lambda ns: ns, _run=_not_yet("train", 4))
+    from lexlens.train.loop import OBJECTIVES
+
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a dual encoder",
+        description="Train a native model from a registered config (--config), fine-tune any "
+        "model (--model native:/openclip:/hf:) on image-caption pairs (--data), or reproduce a "
+        "shipped model with its recipe (--recipe scenes-mini). Checkpoints go to OUT after "
+        "every epoch; --resume continues from the last one. The trained model is saved to OUT "
+        "and loads as native:OUT (or the backend's own spec with OUT).",
+    )
+    p.add_argument("--out", required=True, help="output directory (model + checkpoint.pt)")
+    p.add_argument(
+        "--recipe", help="a named recipe that fixes data and settings (e.g. scenes-mini)"
+    )
+    p.add_argument("--data", help="training pairs: any dataset lexlens reads")
+    p.add_argument("--val", help="validation pairs (default: 5%% of --data)")
+    p.add_argument("--split", help="split of --data to read (Karpathy JSON)")
+    p.add_argument("--model", help="start from this model (fine-tuning)")
+    p.add_argument("--config", help="start from a fresh native config (default scenes-mini)")
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        help="loss terms (default lexlip for native models, clip otherwise)",
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--hard-negatives",
+        type=int,
+        help="swapped captions per image (from fg.jsonl or scenes meanings)",
+    )
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(
+        _make=lambda ns: TrainArgs(
+            ns.out,
+            ns.recipe,
+            ns.data,
+            ns.val,
+            ns.split,
+            ns.model,
+            ns.config,
+            ns.objective,
+            ns.epochs,
+            ns.batch_size,
+            ns.lr,
+            ns.hard_negatives,
+            ns.augment,
+            ns.limit,
+            ns.seed,
+            ns.threads,
+            ns.resume,
+            ns.json,
+        ),
+        _run=_run_train,
+    )
+
+
+def _run_train(a: TrainArgs) -> int:
+    from lexlens.errors import UsageError
+    from lexlens.train.api import TrainRequest, run_training
+
+    if a.recipe and (a.data or a.model or a.config):
+        raise UsageError(
+            "--recipe fixes the data and model; do not combine it with --data/--model/--config"
+        )
+    if not a.recipe and not a.data:
+        raise UsageError("give --data DATASET (or --recipe NAME)")
+    if a.model and a.config:
+        raise UsageError("--model (fine-tune) and --config (fresh model) exclude each other")
+    overrides = {
+        k: v
+        for k, v in dict(
+            objective=a.objective,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            hard_negatives=a.hard_negatives,
+            seed=a.seed,
+            threads=a.threads,
+        ).items()
+        if v is not None
+    }
+    if not a.augment:
+        overrides["augment"] = False
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if not a.json else None
+    req = TrainRequest(
+        a.out, a.recipe, a.data, a.val, a.split, a.model, a.config, a.limit, overrides, a.resume
+    )
+    summary = run_training(req, progress=not a.json, log=log)
+
+    def text(s: dict[str, Any]) -> str:
+        lines = [
+            f"trained {s['steps']} steps ({s['epochs']:.1f} epochs, {s['train_pairs']} pairs) in "
+            f"{s['seconds']:.0f}s, {s['images_per_second']:.0f} images/s; model saved to {s['model_dir']}"
+        ]
+        val = s["history"][-1].get("val", {}) if s["history"] else {}
+        for kind, v in val.items():
+            lines.append(
+                f"  val {kind}: rSum {v['rsum']:.1f}  t2i R@1/5/10 "
+                + "/".join(f"{v['t2i'][f'R@{k}']:.1f}" for k in (1, 5, 10))
+                + "  i2t R@1/5/10 "
+                + "/".join(f"{v['i2t'][f'R@{k}']:.1f}" for k in (1, 5, 10))
+            )
+        lines.append(f"  load it with --model {s['model_spec']}")
+        return "\n".join(lines)
+
+    _emit(summary, a.json, text)
+    return 0
 
 
 # ----------------------------------------------------------------------------- index (issue #5)

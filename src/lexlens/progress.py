@@ -23,13 +23,22 @@ class _NullBar:
 
 @contextlib.contextmanager
 def progress_bar(
-    total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool = True,
+    initial: int = 0,
 ) -> Iterator[Any]:
-    """A tqdm bar when ``enabled`` and stderr is a terminal; otherwise a no-op object."""
+    """A tqdm bar when ``enabled`` and stderr is a terminal; otherwise a no-op object.
+
+    ``initial``: work already done (a resumed run starts the bar there).
+    """
     if not enabled or not sys.stderr.isatty():
         yield _NullBar()
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(
+        total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, initial=initial
+    ) as bar:
         yield bar

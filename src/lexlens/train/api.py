@@ -1,0 +1,112 @@
+"""One entry point for training, used by ``lexlens train`` and by Python callers.
+
+>>> from lexlens.train.api import TrainRequest, run_training
+>>> run_training(TrainRequest(out="runs/m", data="my-pairs/", config="scenes-mini"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lexlens.errors import UsageError
+
+__all__ = ["TrainRequest", "run_training"]
+
+
+@dataclass
+class TrainRequest:
+    """What to train: a recipe, or data plus a starting model (``model``) or config."""
+
+    out: str
+    recipe: str | None = None
+    data: str | None = None
+    val: str | None = None
+    split: str | None = None
+    model: str | None = None
+    config: str | None = None
+    limit: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+
+
+def run_training(
+    req: TrainRequest, progress: bool = True, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Train as ``req`` says, save the model into ``req.out``; returns the JSON summary.
+
+    The summary's ``model_spec`` loads the result (``native:OUT`` for native models).
+    """
+    from lexlens.train.loop import TrainConfig, train
+    from lexlens.train.recipes import get_recipe, run_recipe
+
+    if req.recipe:
+        s = run_recipe(
+            get_recipe(req.recipe),
+            req.out,
+            resume=req.resume,
+            progress=progress,
+            log=log,
+            overrides=req.overrides,
+        )
+        s["model_spec"] = f"native:{req.out}"
+        return s
+    if not req.data:
+        raise UsageError("nothing to train on: give data (or a recipe)")
+    from lexlens.train.data import pairs_from_dataset
+
+    encoder, fresh = _starting_model(req)
+    size = encoder.preprocess_config.image_size
+    data = pairs_from_dataset(req.data, size, limit=req.limit, progress=progress, split=req.split)
+    if req.val:
+        val = pairs_from_dataset(req.val, size, progress=progress)
+    else:
+        n_val = max(1, min(1000, len(data) // 20)) if len(data) >= 40 else 0
+        perm = np.random.default_rng(0).permutation(len(data))
+        val = data.subset(perm[:n_val]) if n_val else None
+        data = data.subset(perm[n_val:]) if n_val else data
+    if fresh is not None:  # a fresh native model: its lexicon covers the training words
+        from lexlens.models.native import build_native
+
+        texts = [c for caps in data.captions for c in caps]
+        encoder = build_native(fresh, texts=texts)
+    native = hasattr(encoder.trainable(), "image_states")
+    objective = req.overrides.get("objective") or ("lexlip" if native else "clip")
+    cfg = replace(
+        TrainConfig(objective=objective),
+        **{k: v for k, v in req.overrides.items() if k != "objective"},
+    )
+    summary = train(
+        encoder, data, cfg, req.out, val=val, resume=req.resume, progress=progress, log=log
+    )
+    if native:
+        encoder.meta = {
+            "trained": {k: summary[k] for k in ("steps", "seconds", "train_pairs", "source")}
+        }
+    encoder.save(req.out)
+    summary["model_dir"] = str(req.out)
+    summary["model_spec"] = _spec_of_saved(encoder, req.out)
+    return summary
+
+
+def _starting_model(req: TrainRequest) -> tuple[Any, str | None]:
+    """``(encoder, None)`` for fine-tuning ``req.model``; ``(placeholder, config)`` for a fresh one."""
+    from lexlens.models.native import build_native
+    from lexlens.models.registry import load_encoder
+
+    if req.model:
+        return load_encoder(req.model), None
+    config = req.config or "scenes-mini"
+    return build_native(config), config
+
+
+def _spec_of_saved(encoder: Any, out: str) -> str:
+    """The model spec that loads what :meth:`Encoder.save` wrote into ``out``."""
+    backend = str(encoder.name).split(":", 1)[0] if ":" in str(encoder.name) else "native"
+    if backend not in ("native", "openclip", "hf"):
+        backend = "native"
+    return f"{backend}:{Path(out)}"

@@ -1,0 +1,233 @@
+"""Training pairs held in memory: images decoded once, captions, and what the losses need.
+
+Two sources:
+
+* :func:`pairs_from_dataset`: any dataset lexlens reads (folder, captions.jsonl, CSV/Parquet,
+  Karpathy JSON). When the dataset carries scene records and caption meanings (scenes
+  folders), they are kept, so the losses can tell false negatives apart; ``fg.jsonl``
+  negatives become hard negatives of each image's first caption.
+* :func:`pairs_from_scenes`: scenes generated in memory for the training recipe. Each image
+  is rendered at a random size (48 to 128 px) and resized with a random filter, as other
+  renderers would, and every caption gets its one-attribute swaps as hard negatives.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lexlens.errors import DataError
+from lexlens.models.base import PreprocessConfig
+
+__all__ = ["PairSet", "pairs_from_dataset", "pairs_from_scenes", "batch_fits"]
+
+
+@dataclass
+class PairSet:
+    """Images ``uint8 [n, 3, S, S]`` (resized, not normalised) with their captions.
+
+    ``captions[i]``: the captions of image ``i``; optional ``meanings[i][j]`` (caption meaning
+    dicts of the scenes generator), ``scenes[i]`` (scene records) and ``negatives[i][j]``
+    (hard-negative captions of caption ``j``).
+    """
+
+    images: np.ndarray
+    captions: list[list[str]]
+    meanings: list[list[dict[str, Any]]] | None = None
+    scenes: list[dict[str, Any]] | None = None
+    negatives: list[list[list[str]]] | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def subset(self, idx: Sequence[int]) -> PairSet:
+        """The items ``idx`` (copies)."""
+        idx = list(idx)
+
+        def pick(x: list[Any] | None) -> list[Any] | None:
+            return None if x is None else [x[i] for i in idx]
+
+        return PairSet(
+            self.images[np.asarray(idx, dtype=np.int64)],
+            [self.captions[i] for i in idx],
+            pick(self.meanings),
+            pick(self.scenes),
+            pick(self.negatives),
+            self.source,
+        )
+
+
+def _to_uint8(im: Any, size: int) -> np.ndarray:
+    """A PIL image -> ``uint8 [3, size, size]`` (shorter side resized, centre crop)."""
+    from lexlens.data.images import _resize_crop
+
+    im = _resize_crop(im.convert("RGB"), PreprocessConfig(image_size=size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def pairs_from_dataset(
+    path: str,
+    image_size: int,
+    limit: int | None = None,
+    progress: bool = True,
+    split: str | None = None,
+) -> PairSet:
+    """Decode every image of a dataset once (skipping unreadable files) into a :class:`PairSet`."""
+    from lexlens.data.images import load_rgb
+    from lexlens.data.readers import load_dataset
+    from lexlens.progress import progress_bar
+
+    ds = load_dataset(path, split)
+    n = len(ds.images) if limit is None else min(limit, len(ds.images))
+    if n == 0:
+        raise DataError(f"{path}: no images to train on")
+    keep, arrays, skipped = [], [], 0
+    with progress_bar(n, "decode", "img", progress) as bar:
+        for i in range(n):
+            caps = ds.captions[i] if i < len(ds.captions) else []
+            if not caps:
+                skipped += 1
+                bar.update(1)
+                continue
+            try:
+                arrays.append(_to_uint8(load_rgb(ds.images[i], image_size), image_size))
+                keep.append(i)
+            except Exception:  # noqa: BLE001 - unreadable images are skipped and counted
+                skipped += 1
+            bar.update(1)
+    if not keep:
+        raise DataError(f"{path}: none of the {n} images could be read with captions")
+    meta = getattr(ds, "caption_meta", None)
+    scenes = getattr(ds, "scenes", None)
+    has_meaning = (
+        bool(meta) and bool(scenes) and all(meta[i] for i in keep) and all(scenes[i] for i in keep)
+    )
+    negatives = _fg_negatives(path, ds, keep)
+    return PairSet(
+        np.stack(arrays),
+        [list(ds.captions[i]) for i in keep],
+        [list(meta[i]) for i in keep] if has_meaning else None,
+        [scenes[i] for i in keep] if has_meaning else None,
+        negatives,
+        source=str(path),
+        extra={"skipped": skipped},
+    )
+
+
+def _fg_negatives(path: str, ds: Any, keep: list[int]) -> list[list[list[str]]] | None:
+    """Hard negatives of each image's first caption from ``fg.jsonl`` when the dataset has one."""
+    fg = getattr(ds, "fg", None)
+    if not fg:
+        return None
+    by_image = {str(item.get("image")): item for item in fg}
+    out: list[list[list[str]]] = []
+    for i in keep:
+        item = by_image.get(str(ds.image_paths[i]))
+        caps = ds.captions[i]
+        negs = [[] for _ in caps]
+        if item and caps and item.get("positive") == caps[0]:
+            negs[0] = list(item.get("negatives", []))
+        out.append(negs)
+    return out
+
+
+def _scene_chunk(
+    job: tuple[int, str, int, int, int, bool],
+) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]]]]:
+    """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory."""
+    from PIL import Image
+
+    from lexlens.data import scenes as S
+
+    seed, split, start, stop, size, vary = job
+    out = []
+    for i in range(start, stop):
+        rng = random.Random(f"lexlens-train:{S.GENERATOR_VERSION}:{seed}:{split}:{i}")
+        scene = S.sample_scene(rng)
+        texts, metas, styles = S.write_captions(scene, rng)
+        negs: list[list[str]] = []
+        for m, st, t in zip(metas, styles, texts, strict=True):
+            cand = [S.realise(x, st) for x in S.swap_negatives(m, scene, rng)]
+            negs.append(sorted({c for c in cand if c != t}))
+        render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
+        im = S.render_scene(scene, render, rng)
+        if render != size:
+            filt = rng.choice(
+                (
+                    Image.Resampling.BILINEAR,
+                    Image.Resampling.BICUBIC,
+                    Image.Resampling.LANCZOS,
+                    Image.Resampling.BOX,
+                )
+            )
+            im = im.resize((size, size), filt)
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+        out.append((arr, texts, metas, scene, negs))
+    return out
+
+
+def pairs_from_scenes(
+    n: int,
+    seed: int,
+    image_size: int = 64,
+    split: str = "train",
+    vary_render: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+) -> PairSet:
+    """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``)."""
+    import os
+    from multiprocessing import get_context
+
+    from lexlens.progress import progress_bar
+
+    workers = max(1, workers or os.cpu_count() or 1)
+    chunk = 256
+    jobs = [
+        (seed, split, a, min(n, a + chunk), image_size, vary_render) for a in range(0, n, chunk)
+    ]
+    images = np.zeros((n, 3, image_size, image_size), np.uint8)
+    caps, metas, scenes, negs = [], [], [], []
+    pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap(_scene_chunk, jobs) if pool else map(_scene_chunk, jobs)
+        with progress_bar(n, "render scenes", "img", progress) as bar:
+            k = 0
+            for part in results:
+                for arr, t, m, s, ng in part:
+                    images[k] = arr
+                    caps.append(t)
+                    metas.append(m)
+                    scenes.append(s)
+                    negs.append(ng)
+                    k += 1
+                bar.update(len(part))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return PairSet(images, caps, metas, scenes, negs, source=f"scenes(seed={seed}, split={split})")
+
+
+def batch_fits(meanings: Sequence[dict[str, Any]], scenes: Sequence[dict[str, Any]]) -> np.ndarray:
+    """``bool [T, I]``: caption meaning ``t`` is true of scene ``i`` (the scenes generator's rule)."""
+    from lexlens.data.scenes import caption_fits
+
+    cache: dict[str, np.ndarray] = {}
+    out = np.zeros((len(meanings), len(scenes)), dtype=bool)
+    import json
+
+    for t, m in enumerate(meanings):
+        key = json.dumps(m, sort_keys=True)
+        row = cache.get(key)
+        if row is None:
+            row = np.fromiter((caption_fits(m, s) for s in scenes), dtype=bool, count=len(scenes))
+            cache[key] = row
+        out[t] = row
+    return out

@@ -1,0 +1,522 @@
+"""The training loop: contrastive dual-encoder training with LexLIP objectives.
+
+:func:`train` takes an encoder whose :meth:`~lexlens.models.base.Encoder.trainable` module
+follows :class:`~lexlens.models.base.TorchDualEncoder`, a :class:`~lexlens.train.data.PairSet`
+and a :class:`TrainConfig`. Native models get every objective (dense, lexical, inference-free
+query table, lexicon bottleneck, distillation); other backends (``openclip:``, ``hf:``) are
+fine-tuned with the dense objective.
+
+Checkpoints (``OUT/checkpoint.pt``: weights, optimiser, schedule, step, history) are written
+atomically after every epoch and every ``checkpoint_every`` steps; ``resume=True`` continues
+from the last one at the same step with the same data order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lexlens.errors import UsageError
+from lexlens.train.data import PairSet, batch_fits
+from lexlens.train.losses import (
+    contrastive_loss,
+    distill_loss,
+    flops_loss,
+    masked_lm_loss,
+    positive_mask,
+    scaled_logits,
+    siglip_loss,
+)
+
+__all__ = ["TrainConfig", "OBJECTIVES", "train", "evaluate_pairs", "augment"]
+
+#: named objectives -> which loss terms are on (weights come from :class:`TrainConfig`)
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "clip": ("dense",),
+    "siglip": ("dense",),
+    "lexlip": ("dense", "lexical", "free", "bottleneck", "words"),
+    "lexlip-distill": ("dense", "lexical", "free", "bottleneck", "words", "distill"),
+    "lexical-heads": ("lexical", "free", "distill"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (all saved with the checkpoint)."""
+
+    objective: str = "lexlip"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.02
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    hard_negatives: int = 4  # swapped captions per image (when the data has them)
+    augment: bool = True
+    w_lexical: float = 1.0
+    w_free: float = 0.5
+    w_bottleneck: float = 0.2
+    w_distill: float = 1.0
+    w_words: float = 1.0  # image -> caption words (multi-label) through the image lexicon head
+    flops_image: float = 2e-3
+    flops_text: float = 1e-3
+    flops_ramp: float = 0.3  # share of the steps over which the FLOPS weights ramp up (quadratic)
+    mask_ratio: float = 0.6
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+    checkpoint_every: int = 200
+    log_every: int = 50  # steps between loss lines in the log
+    val_every: int = 1  # epochs
+    max_steps: int = 0  # 0: epochs * steps per epoch
+    stop_after: int = 0  # stop after this many steps (the schedule still spans the whole run)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def terms(self) -> tuple[str, ...]:
+        if self.objective not in OBJECTIVES:
+            raise UsageError(
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
+            )
+        return OBJECTIVES[self.objective]
+
+
+def augment(x: Any, gen: Any) -> Any:
+    """Photometric and small geometric changes of images ``[b, 3, S, S]`` in ``[0, 1]``.
+
+    No flips and no hue changes: left/right and colours are what captions say.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+
+    def u(lo: float, hi: float, n: int = b) -> torch.Tensor:
+        return torch.rand(n, generator=gen) * (hi - lo) + lo
+
+    # affine: scale 0.9-1.1, rotation +-4 degrees, shift +-5% (border pixels repeat)
+    s, r = u(0.9, 1.1), u(-4, 4) * math.pi / 180
+    tx, ty = u(-0.05, 0.05), u(-0.05, 0.05)
+    theta = torch.stack(
+        [
+            torch.stack([torch.cos(r) / s, -torch.sin(r) / s, tx], 1),
+            torch.stack([torch.sin(r) / s, torch.cos(r) / s, ty], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # blur a random third of the batch (one sigma per batch)
+    sigma = float(u(0.4, 1.2, 1))
+    k = torch.arange(-2, 3, dtype=x.dtype)
+    g = torch.exp(-(k**2) / (2 * sigma**2))
+    g = g / g.sum()
+    blur = torch.rand(b, generator=gen) < 0.33
+    if bool(blur.any()):
+        xb = x[blur]
+        xb = F.conv2d(
+            F.pad(xb, (2, 2, 0, 0), mode="replicate"),
+            g.view(1, 1, 1, 5).repeat(3, 1, 1, 1),
+            groups=3,
+        )
+        xb = F.conv2d(
+            F.pad(xb, (0, 0, 2, 2), mode="replicate"),
+            g.view(1, 1, 5, 1).repeat(3, 1, 1, 1),
+            groups=3,
+        )
+        x = x.clone()
+        x[blur] = xb
+    # brightness, contrast, noise
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(0.85, 1.15).view(b, 1, 1, 1) + mean * u(0.9, 1.1).view(b, 1, 1, 1)
+    x = x + torch.randn(x.shape, generator=gen) * u(0.0, 0.03).view(b, 1, 1, 1)
+    return x.clamp(0.0, 1.0)
+
+
+def _normalise(x: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    )
+
+
+def _param_groups(net: Any, heads_only: bool) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if heads_only and not name.startswith(
+            ("image_lex.", "text_lex.", "free_table.", "lex_logit_scale", "free_logit_scale")
+        ):
+            p.requires_grad_(False)
+            continue
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "pos" in name or "cls" in name else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+_BAGS: dict[int, tuple[Any, Any]] = {}
+
+
+def _word_bags(net: Any, data: PairSet) -> Any:
+    """The word bags of every image of ``data`` (computed once per data set and model)."""
+    key = id(data)
+    hit = _BAGS.get(key)
+    if hit is None or hit[0] is not net:
+        _BAGS.clear()
+        hit = (net, net.word_bags(data.captions))
+        _BAGS[key] = hit
+    return hit[1]
+
+
+def _batch_positives(data: PairSet, idx: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """``bool [B, B]``: text ``t`` (caption ``cap[t]`` of image ``idx[t]``) fits image ``idx[i]``."""
+    if data.meanings is not None and data.scenes is not None:
+        return batch_fits(
+            [data.meanings[i][j] for i, j in zip(idx, cap, strict=True)],
+            [data.scenes[i] for i in idx],
+        )
+    texts = [data.captions[i][j].strip().lower() for i, j in zip(idx, cap, strict=True)]
+    sets = [{c.strip().lower() for c in data.captions[i]} for i in idx]
+    return np.array([[t in s for s in sets] for t in texts], dtype=bool)
+
+
+def _encode_eval(
+    encoder: Any, data: PairSet, mean: Any, std: Any
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    import torch
+
+    px = _normalise(torch.from_numpy(data.images).float() / 255.0, mean, std).numpy()
+    img = encoder.encode_images(list(px), batch_size=256)
+    texts = [c for caps in data.captions for c in caps]
+    t2i = np.asarray([i for i, caps in enumerate(data.captions) for _ in caps], np.int64)
+    txt = encoder.encode_texts(texts)
+    return img, txt, texts, t2i
+
+
+def evaluate_pairs(encoder: Any, data: PairSet, lexical: bool = True) -> dict[str, Any]:
+    """Recall@1/5/10 both ways and rSum (dense, and lexical when the encoder has it), in percent."""
+    from lexlens.eval.metrics import i2t_recall, invert_mapping, rsum, t2i_recall
+
+    cfg = encoder.preprocess_config
+    img, txt, texts, t2i = _encode_eval(encoder, data, cfg.mean, cfg.std)
+    i2t_map = invert_mapping(t2i, len(img))
+    out: dict[str, Any] = {}
+    sim = txt @ img.T
+    a, b = t2i_recall(sim, t2i), i2t_recall(sim.T, i2t_map)
+    out["dense"] = {"t2i": a, "i2t": b, "rsum": rsum(a, b)}
+    if lexical and getattr(encoder, "has_lexical", False):
+        import torch
+
+        px = _normalise(torch.from_numpy(data.images).float() / 255.0, cfg.mean, cfg.std).numpy()
+        si = encoder.encode_images_lexical(list(px), batch_size=256).to_dense()
+        st = encoder.encode_texts_lexical(texts).to_dense()
+        lsim = st @ si.T
+        a, b = t2i_recall(lsim, t2i), i2t_recall(lsim.T, i2t_map)
+        nnz = float(np.mean((si > 0).sum(1)))
+        out["lexical"] = {
+            "t2i": a,
+            "i2t": b,
+            "rsum": rsum(a, b),
+            "nnz_image": nnz,
+            "nnz_text": float(np.mean((st > 0).sum(1))),
+        }
+    return out
+
+
+def _save_checkpoint(path: Path, net: Any, opt: Any, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), **state}, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    encoder: Any,
+    data: PairSet,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    val: PairSet | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``encoder`` in place on ``data``; write checkpoints and the final model to ``out_dir``.
+
+    Returns the JSON summary (steps, time, throughput, final losses, validation history).
+    """
+    import torch
+
+    from lexlens.progress import progress_bar
+
+    terms = cfg.terms()
+    net = encoder.trainable()
+    native = hasattr(net, "image_states")
+    if not native and set(terms) - {"dense"}:
+        raise UsageError(
+            f"objective {cfg.objective!r} needs a native model with lexicon heads; use clip or siglip"
+        )
+    if len(data) < 2:
+        raise UsageError("training needs at least two image-caption pairs")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    bsz = min(cfg.batch_size, len(data))
+    steps_per_epoch = len(data) // bsz
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    heads_only = cfg.objective == "lexical-heads"
+    groups = _param_groups(net, heads_only)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    siglip_bias = torch.nn.Parameter(torch.tensor(-10.0))
+    if cfg.objective == "siglip":
+        opt.add_param_group({"params": [siglip_bias], "weight_decay": 0.0})
+    step, history, seconds = 0, [], 0.0
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, history, seconds = int(ck["step"]), list(ck["history"]), float(ck.get("seconds", 0.0))
+        if "siglip_bias" in ck:
+            siglip_bias.data.fill_(float(ck["siglip_bias"]))
+    mean, std = encoder.preprocess_config.mean, encoder.preprocess_config.std
+    images_t = torch.from_numpy(data.images)
+    say = log or (lambda s: None)
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def state() -> dict[str, Any]:
+        return {
+            "step": step,
+            "history": history,
+            "seconds": seconds + time.perf_counter() - t_start,
+            "config": asdict(cfg),
+            "siglip_bias": float(siglip_bias.detach()),
+        }
+
+    net.train()
+    with progress_bar(total, "train", "step", progress, initial=step) as bar:
+        while step < total:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            rng = np.random.default_rng([cfg.seed, epoch])
+            perm = rng.permutation(len(data))
+            caps_pick = np.array([rng.integers(len(c)) for c in data.captions])
+            neg_rng = np.random.default_rng([cfg.seed, epoch, 1])
+            while in_epoch < steps_per_epoch and step < total:
+                idx = perm[in_epoch * bsz : (in_epoch + 1) * bsz]
+                cap = caps_pick[idx]
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(step, total, cfg)
+                losses = _step(
+                    net,
+                    native,
+                    terms,
+                    cfg,
+                    data,
+                    images_t,
+                    idx,
+                    cap,
+                    gen,
+                    neg_rng,
+                    mean,
+                    std,
+                    siglip_bias,
+                    step / max(1, total),
+                )
+                loss = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in opt.param_groups for p in g["params"]], 5.0
+                )
+                opt.step()
+                with torch.no_grad():
+                    net.logit_scale.clamp_(0, math.log(100))
+                step += 1
+                in_epoch += 1
+                last = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+                el = seconds + time.perf_counter() - t_start
+                if cfg.log_every and step % cfg.log_every == 0:
+                    say(
+                        f"step {step}/{total} loss {json.dumps(last)} lr {_lr_at(step, total, cfg):.2e} {step * bsz / max(el, 1e-9):.0f} img/s"
+                    )
+                bar.set_postfix(
+                    loss=f"{float(loss.detach()):.3f}", img_s=f"{step * bsz / max(el, 1e-9):.0f}"
+                )
+                bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    _save_checkpoint(ckpt_path, net, opt, state())
+                if cfg.stop_after and step >= cfg.stop_after:
+                    break
+            if in_epoch >= steps_per_epoch:  # an epoch ended
+                entry: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": last}
+                if val is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+                    net.eval()
+                    entry["val"] = evaluate_pairs(
+                        encoder, val, lexical=native and "lexical" in terms
+                    )
+                    net.train()
+                history.append(entry)
+                say(_epoch_line(entry))
+                _save_checkpoint(ckpt_path, net, opt, state())
+            if cfg.stop_after and step >= cfg.stop_after:
+                break
+    net.eval()
+    _save_checkpoint(ckpt_path, net, opt, state())
+    elapsed = seconds + time.perf_counter() - t_start
+    return {
+        "steps": step,
+        "epochs": step / max(1, steps_per_epoch),
+        "batch_size": bsz,
+        "seconds": round(elapsed, 1),
+        "images_per_second": round(step * bsz / max(elapsed, 1e-9), 1),
+        "final_loss": last,
+        "history": history,
+        "config": asdict(cfg),
+        "train_pairs": len(data),
+        "source": data.source,
+    }
+
+
+def _epoch_line(entry: dict[str, Any]) -> str:
+    parts = [f"epoch {entry['epoch']} step {entry['step']}", "loss " + json.dumps(entry["loss"])]
+    for kind, v in entry.get("val", {}).items():
+        parts.append(
+            f"val {kind} rSum {v['rsum']:.1f} (t2i R@1 {v['t2i']['R@1']:.1f} R@5 {v['t2i']['R@5']:.1f}; i2t R@1 {v['i2t']['R@1']:.1f})"
+        )
+    return " | ".join(parts)
+
+
+def _step(
+    net: Any,
+    native: bool,
+    terms: tuple[str, ...],
+    cfg: TrainConfig,
+    data: PairSet,
+    images_t: Any,
+    idx: np.ndarray,
+    cap: np.ndarray,
+    gen: Any,
+    neg_rng: np.random.Generator,
+    mean: Any,
+    std: Any,
+    siglip_bias: Any,
+    progress_frac: float,
+) -> dict[str, Any]:
+    """The loss terms of one batch."""
+    import torch
+    import torch.nn.functional as F
+
+    B = len(idx)
+    texts = [data.captions[i][j] for i, j in zip(idx, cap, strict=True)]
+    # hard negatives: up to H swapped captions of each image's sampled caption
+    H = cfg.hard_negatives if data.negatives is not None else 0
+    neg_idx = np.full((B, H), -1, np.int64)
+    extra: list[str] = []
+    for b, (i, j) in enumerate(zip(idx, cap, strict=True)):
+        if H == 0:
+            break
+        pool = data.negatives[i][j] if j < len(data.negatives[i]) else []
+        if not pool:
+            continue
+        pick = neg_rng.choice(len(pool), size=min(H, len(pool)), replace=False)
+        for h, p in enumerate(pick):
+            neg_idx[b, h] = B + len(extra)
+            extra.append(pool[p])
+    pos = positive_mask(np.arange(B), B, _batch_positives(data, idx, cap))  # [B texts, B images]
+    x = images_t[torch.from_numpy(idx)].float() / 255.0  # [B, 3, S, S]
+    if cfg.augment:
+        x = augment(x, gen)
+    px = _normalise(x, mean, std)
+    tok = net.tokenize(texts + extra)
+    n_valid = torch.from_numpy(neg_idx >= 0)  # [B, H]
+    safe = torch.from_numpy(np.where(neg_idx >= 0, neg_idx, 0))
+    out: dict[str, Any] = {}
+
+    def neg_scores(txt_all: Any, img: Any, scale: Any) -> Any:
+        """``[B, H]`` scores of each image with its own negatives."""
+        if H == 0:
+            return None
+        return scale * (img[:, None, :] * txt_all[safe]).sum(-1)
+
+    if not native:
+        img = F.normalize(net.image_features(px), dim=-1)
+        txt = F.normalize(net.text_features(tok), dim=-1)
+        logits = scaled_logits(txt[:B], img, net.logit_scale)
+        if cfg.objective == "siglip":
+            out["dense"] = siglip_loss(logits, pos, siglip_bias)
+        else:
+            out["dense"] = contrastive_loss(
+                logits, pos, neg_scores(txt, img, net.logit_scale.exp().clamp(max=100)), n_valid
+            )
+        return out
+
+    ist = net.image_states(px)  # [B, 1+P, w]
+    tst = net.text_states(tok)  # [B+N, L, w]
+    img = F.normalize(net.image_pool(ist), dim=-1)  # [B, d]
+    txt = F.normalize(net.text_pool(tst, tok["attention_mask"]), dim=-1)  # [B+N, d]
+    logits = scaled_logits(txt[:B], img, net.logit_scale)  # [B, B]
+    if "dense" in terms:
+        if cfg.objective == "siglip":
+            out["dense"] = siglip_loss(logits, pos, siglip_bias)
+        else:
+            out["dense"] = contrastive_loss(
+                logits, pos, neg_scores(txt, img, net.logit_scale.exp().clamp(max=100)), n_valid
+            )
+    if not {"lexical", "free", "bottleneck"} & set(terms):
+        return out
+    mask = tok["attention_mask"]
+    il, zmax = net.image_lexical_with_logits(ist)  # [B, V] weights and max-pooled word logits
+    if "words" in terms:
+        bags = _word_bags(net, data)[torch.from_numpy(idx)]  # [B, V] 0/1
+        out["words"] = cfg.w_words * F.binary_cross_entropy_with_logits(zmax, bags)
+    ramp = min(1.0, progress_frac / max(cfg.flops_ramp, 1e-6)) ** 2
+    if "lexical" in terms:
+        tl = net.text_lexical(tst, mask)  # [B+N, V]
+        lscale = net.lex_logit_scale.exp().clamp(max=100)
+        llog = lscale * tl[:B] @ il.t()  # [B, B]
+        out["lexical"] = cfg.w_lexical * contrastive_loss(
+            llog, pos, neg_scores(tl, il, lscale), n_valid
+        )
+        out["flops"] = ramp * (
+            cfg.flops_image * flops_loss(il) + cfg.flops_text * flops_loss(tl[:B])
+        )
+        if "distill" in terms:
+            out["distill"] = cfg.w_distill * distill_loss(llog, logits)
+    if "free" in terms:
+        fl = net.text_lexical_free(tok)  # [B+N, V]
+        fscale = net.free_logit_scale.exp().clamp(max=100)
+        flog = fscale * fl[:B] @ il.t()
+        out["free"] = cfg.w_free * contrastive_loss(flog, pos, neg_scores(fl, il, fscale), n_valid)
+    if "bottleneck" in terms:
+        ids = tok["input_ids"][:B]
+        m = mask[:B]
+        special = (ids == 101) | (ids == 102) | (m == 0)
+        hide = (torch.rand(ids.shape, generator=gen) < cfg.mask_ratio) & ~special
+        targets = torch.where(hide, net.active_lut[ids], torch.full_like(ids, -1))
+        masked = torch.where(hide, torch.full_like(ids, 103), ids)  # [MASK]
+        out["bottleneck"] = cfg.w_bottleneck * masked_lm_loss(
+            net.bottleneck_logits(il, masked, m), targets
+        )
+    return out
