@@ -42,8 +42,9 @@ __all__ = ["TrainConfig", "OBJECTIVES", "train", "evaluate_pairs", "augment"]
 OBJECTIVES: dict[str, tuple[str, ...]] = {
     "clip": ("dense",),
     "siglip": ("dense",),
-    "lexlip": ("dense", "lexical", "free", "bottleneck", "words"),
-    "lexlip-distill": ("dense", "lexical", "free", "bottleneck", "words", "distill"),
+    "lexlip": ("dense", "lexical", "free", "bottleneck"),
+    "lexlip-words": ("dense", "lexical", "free", "bottleneck", "words"),
+    "lexlip-distill": ("dense", "lexical", "free", "bottleneck", "distill"),
     "lexical-heads": ("lexical", "free", "distill"),
 }
 

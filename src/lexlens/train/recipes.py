@@ -9,27 +9,34 @@ gives the same model on the same software (up to floating-point non-determinism 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lexlens.errors import UsageError
 from lexlens.train.loop import TrainConfig
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "run_recipe"]
+__all__ = ["Stage", "Recipe", "RECIPES", "get_recipe", "run_recipe"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: ``n_train`` scenes generated with ``seed``, trained with ``train``."""
+
+    n_train: int
+    seed: int
+    train: TrainConfig
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A model config, generated training data and the training hyper-parameters."""
+    """A model config, validation scenes and training stages run one after the other."""
 
     name: str
     config: str
-    n_train: int
-    train_seed: int
+    stages: tuple[Stage, ...]
     n_val: int
     val_seed: int
-    train: TrainConfig = field(default_factory=TrainConfig)
     description: str = ""
 
 
@@ -37,30 +44,56 @@ RECIPES: dict[str, Recipe] = {
     "scenes-mini": Recipe(
         name="scenes-mini",
         config="scenes-mini",
-        n_train=20000,
-        train_seed=1,
+        stages=(
+            Stage(
+                20000,
+                1,
+                TrainConfig(
+                    objective="lexlip",
+                    epochs=7,
+                    batch_size=128,
+                    lr=2e-3,
+                    warmup_steps=300,
+                    hard_negatives=2,
+                ),
+            ),
+            Stage(
+                20000,
+                3,
+                TrainConfig(
+                    objective="lexlip-words",
+                    epochs=6,
+                    batch_size=128,
+                    lr=1e-3,
+                    warmup_steps=50,
+                    hard_negatives=2,
+                    w_words=0.5,
+                ),
+            ),
+        ),
         n_val=500,
         val_seed=2,
-        train=TrainConfig(
-            objective="lexlip",
-            epochs=7,
-            batch_size=128,
-            lr=2e-3,
-            warmup_steps=300,
-            hard_negatives=2,
-        ),
-        description="the shipped native:scenes-mini (LexLIP objectives on 20k generated scenes)",
+        description="the shipped native:scenes-mini (LexLIP objectives on 2 x 20k generated scenes)",
     ),
     "tiny": Recipe(
         name="tiny",
         config="tiny",
-        n_train=256,
-        train_seed=1,
+        stages=(
+            Stage(
+                256,
+                1,
+                TrainConfig(
+                    objective="lexlip",
+                    epochs=2,
+                    batch_size=32,
+                    lr=3e-3,
+                    warmup_steps=5,
+                    hard_negatives=1,
+                ),
+            ),
+        ),
         n_val=64,
         val_seed=2,
-        train=TrainConfig(
-            objective="lexlip", epochs=2, batch_size=32, lr=3e-3, warmup_steps=5, hard_negatives=1
-        ),
         description="a seconds-long smoke run of the tiny config",
     ),
 }
@@ -81,23 +114,50 @@ def run_recipe(
     log: Callable[[str], None] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Generate the recipe's data, train, save the model (fp16 weights) into ``out_dir``."""
+    """Generate each stage's data, train, save the model (fp16 weights) into ``out_dir``.
+
+    Stage ``i`` checkpoints into ``out_dir/stageI``; with ``resume`` a stage whose checkpoint
+    exists continues from it (a finished stage is only reloaded). ``overrides`` change the
+    :class:`TrainConfig` of every stage.
+    """
     from lexlens.models.native import build_native
+    from lexlens.models.native_config import load_config
     from lexlens.train.data import pairs_from_scenes
     from lexlens.train.loop import train
 
-    cfg = replace(recipe.train, **(overrides or {}))
-    from lexlens.models.native_config import load_config
-
     mcfg = load_config(recipe.config)
     size = mcfg.image.image_size
-    tr = pairs_from_scenes(recipe.n_train, recipe.train_seed, size, "train", progress=progress)
     va = pairs_from_scenes(recipe.n_val, recipe.val_seed, size, "val", progress=progress)
-    texts = [c for caps in tr.captions for c in caps]
-    if tr.negatives:
-        texts += [n for per in tr.negatives for ns in per for n in ns]
-    enc = build_native(mcfg, texts=texts)
-    summary = train(enc, tr, cfg, out_dir, val=va, resume=resume, progress=progress, log=log)
+    enc = None
+    summaries = []
+    for i, stage in enumerate(recipe.stages, start=1):
+        cfg = replace(stage.train, **(overrides or {}))
+        tr = pairs_from_scenes(stage.n_train, stage.seed, size, "train", progress=progress)
+        if enc is None:
+            texts = [c for caps in tr.captions for c in caps]
+            if tr.negatives:
+                texts += [n for per in tr.negatives for ns in per for n in ns]
+            enc = build_native(mcfg, texts=texts)
+        sdir = Path(out_dir) / f"stage{i}"
+        again = resume and (sdir / "checkpoint.pt").is_file()
+        if log:
+            log(
+                f"stage {i}/{len(recipe.stages)}: {stage.n_train} scenes (seed {stage.seed}), objective {cfg.objective}"
+            )
+        summaries.append(
+            train(enc, tr, cfg, sdir, val=va, resume=again, progress=progress, log=log)
+        )
+    assert enc is not None
+    summary = dict(summaries[-1])
+    summary["stages"] = [
+        {k: s[k] for k in ("steps", "seconds", "images_per_second", "train_pairs", "source")}
+        for s in summaries
+    ]
+    summary["history"] = [h for s in summaries for h in s["history"]]
+    summary["seconds"] = round(sum(s["seconds"] for s in summaries), 1)
+    summary["steps"] = sum(s["steps"] for s in summaries)
+    summary["train_pairs"] = sum(s["train_pairs"] for s in summaries)
+    summary["source"] = "; ".join(s["source"] for s in summaries)
     enc.name = f"native:{recipe.name}"
     enc.meta = {
         "recipe": recipe.name,
