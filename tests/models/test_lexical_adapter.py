@@ -230,7 +230,7 @@ def test_spec_round_trip_and_canonical_name(hash_backend, files):
     assert (ms.backend, ms.target) == ("lexical", "hash:4") and str(ms) == canonical
     assert registry.load_encoder("lexical():hash:3").name == "lexical:hash:3"
     # defaults are left out; the inner spec keeps its own colons
-    opts = parse_lexical_options("topk=32,weight=z,expand=1")
+    opts = parse_lexical_options("topk=32,weight=center,expand=1")
     assert LA.format_lexical_spec(opts, "openclip:ViT-B-32:laion2b_s34b_b79k") == (
         "lexical(expand=1):openclip:ViT-B-32:laion2b_s34b_b79k"
     )
@@ -250,7 +250,7 @@ def test_spec_round_trip_and_canonical_name(hash_backend, files):
         ("lexical(topk=3,topk=4):hash:1", "given twice"),
         ("lexical(colour=red):hash:1", "unknown lexical option 'colour'"),
         ("lexical(topk):hash:1", "expected KEY=VALUE"),
-        ("lexical(weight=log):hash:1", "expected one of z, center, sim, img, softmax"),
+        ("lexical(weight=log):hash:1", "expected one of center, z, sim, img, softmax"),
         ("lexical(words=/no/such/file):hash:1", "does not exist"),
         ("lexical(topk=3):", "names no model"),
         ("lexical:", "names no model"),

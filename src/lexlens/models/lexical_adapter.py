@@ -16,9 +16,9 @@ defaults, in the order of this table:
 option     default     meaning
 =========  ==========  ======================================================================
 topk       32          words kept per image (its lexical vector has at most ``topk`` entries)
-weight     z           image word weights: ``z`` = relu((s - mu_w) / sd_w) with each word's
-                       similarity mean and spread over reference images; ``center`` =
-                       relu(s - mu_w) (the mean only); ``sim`` = relu(s);
+weight     center      image word weights: ``center`` = relu(s - mu_w), with mu_w the word's
+                       mean similarity over reference images; ``z`` = relu((s - mu_w) / sd_w)
+                       (also divided by the spread); ``sim`` = relu(s);
                        ``img`` = relu of s standardised over the vocabulary per image;
                        ``softmax`` = softmax(s / temp) over the vocabulary
 ref        scenes      reference images of ``z``/``center``: ``scenes`` (``nref`` generated
@@ -32,7 +32,7 @@ prompts    photo       word prompts, averaged: ``photo`` ("a photo of a {}.", "a
                        ``plain`` ("{}"), or a file (one template a line, ``{}`` = the word)
 expand     0           query expansion: each query word adds its ``expand`` nearest
                        vocabulary words (weight = the cosine of their word embeddings)
-qtopk      16          ``encoder`` query mode: the text embedding's ``qtopk`` nearest words
+qtopk      32          ``encoder`` query mode: the text embedding's ``qtopk`` nearest words
                        are added to the query's own words (0: both modes give the words only)
 temp       0.01        softmax temperature (``weight=softmax``)
 cache      (none)      directory where the word embeddings and reference statistics are kept
@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 #: the image weight transforms (see module docstring)
-WEIGHTS = ("z", "center", "sim", "img", "softmax")
+WEIGHTS = ("center", "z", "sim", "img", "softmax")
 #: named prompt sets
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     "photo": ("a photo of a {}.", "a {}.", "{}"),
@@ -128,13 +128,13 @@ class LexicalOptions:
     """The options of a ``lexical(...)`` spec (module docstring); field order = canonical order."""
 
     topk: int = 32
-    weight: str = "z"
+    weight: str = "center"
     ref: str = "scenes"
     nref: int = 256
     words: str = "minilm"
     prompts: str = "photo"
     expand: int = 0
-    qtopk: int = 16
+    qtopk: int = 32
     temp: float = 0.01
     cache: str | None = None
 
