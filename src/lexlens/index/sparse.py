@@ -261,7 +261,7 @@ class Segment:
             _arr(self.pair_block), _arr(self.pair_mask), self.block,
         )  # fmt: skip
         term_of = np.repeat(np.arange(len(self.terms)), np.diff(np.asarray(self.tptr)))
-        order = np.argsort(docs, kind="stable")  # words stay ascending inside a document
+        order = k.group_by_doc(docs, self.size)  # words stay ascending inside a document
         docs = docs[order]
         words = np.asarray(self.terms, np.int64)[term_of[order]]
         vals = np.asarray(self.codebook)[np.asarray(self.post_code)[order]]
@@ -308,7 +308,12 @@ def build_segment(
     """A segment over rows in canonical form (words ascending, weights > 0)."""
     k = _kernels()
     n = len(ids)
-    terms, loc = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    indices = np.asarray(indices, np.int64)
+    present = np.zeros(int(indices.max()) + 1 if len(indices) else 1, bool)
+    present[indices] = True
+    terms = np.flatnonzero(present)
+    local = np.cumsum(present) - 1
+    loc = local[indices]
     codes, book = _codes(np.asarray(values, np.float32), q8)
     if q8 and len(codes):  # weights that round to 0 drop out
         keep = codes > 0
@@ -459,10 +464,10 @@ class SparseKind(IndexKind):
         self._where = None
 
     def _rebuild(self, segs: Sequence[Segment]) -> Segment:
+        # decoded rows are canonical already (words ascending, weights > 0), and the weights
+        # are the codes' values: re-coding them is lossless (q8 grids included)
         ids, rows = _merge_rows([s.to_rows() for s in segs])
-        ptr, idx, val = _canonical_rows(rows)
-        # the weights are already codes' values: re-coding is lossless (q8 grids included)
-        return build_segment(ids, ptr, idx, val, self.block, False)
+        return build_segment(ids, rows.indptr, rows.indices, rows.values, self.block, False)
 
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(segment, internal position)`` of each id (``-1, -1`` when absent)."""

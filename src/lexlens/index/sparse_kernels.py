@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "build_postings",
     "decode_postings",
+    "group_by_doc",
     "row_signatures",
     "search_segment",
     "heap_sorted",
@@ -277,6 +278,22 @@ def decode_postings(tptr, dense_of, dmask, pptr, pair_block, pair_mask, block): 
                         docs[x] = np.int64(pair_block[p]) * block + off
                         x += 1
     return docs
+
+
+@nb.njit(**_JIT)
+def group_by_doc(docs, n_docs):  # pragma: no cover
+    """Stable counting sort: the order that groups postings by document (a CSR transpose)."""
+    ptr = np.zeros(n_docs + 1, np.int64)
+    for x in range(docs.shape[0]):
+        ptr[docs[x] + 1] += 1
+    for d in range(n_docs):
+        ptr[d + 1] += ptr[d]
+    order = np.empty(docs.shape[0], np.int64)
+    for x in range(docs.shape[0]):
+        d = docs[x]
+        order[ptr[d]] = x
+        ptr[d] += 1
+    return order
 
 
 @nb.njit(**_JIT)
