@@ -132,3 +132,37 @@ def test_cli_train_errors_are_one_line(tmp_path, capsys) -> None:
     assert err.count("\n") == 0 and "--data" in err
     assert main(["train", "--recipe", "nope", "--out", str(tmp_path / "x")]) != 0
     assert "no training recipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "objective", sorted(__import__("lexlens.train.loop", fromlist=["OBJECTIVES"]).OBJECTIVES)
+)
+def test_every_objective_trains_a_step(objective, tiny_set, tmp_path) -> None:
+    from lexlens.train.loop import OBJECTIVES
+
+    data = tiny_set.subset(range(16))
+    enc = _fresh(data)
+    before = {k: v.clone() for k, v in enc.net.state_dict().items()}
+    cfg = TrainConfig(
+        objective=objective,
+        epochs=1,
+        batch_size=16,
+        warmup_steps=1,
+        hard_negatives=1,
+        checkpoint_every=0,
+        log_every=0,
+    )
+    s = train(enc, data, cfg, tmp_path / objective, progress=False)
+    assert set(OBJECTIVES[objective]) <= set(s["final_loss"])
+    assert all(np.isfinite(v) for v in s["final_loss"].values())
+    changed = [
+        k
+        for k, v in enc.net.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
+    assert changed
+    if objective == "lexical-heads":  # only the lexicon heads and the query table move
+        assert all(
+            k.startswith(("image_lex.", "text_lex.", "free_table.", "lex_logit", "free_logit"))
+            for k in changed
+        )

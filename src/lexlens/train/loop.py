@@ -44,6 +44,7 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "siglip": ("dense",),
     "lexlip": ("dense", "lexical", "free", "bottleneck"),
     "lexlip-words": ("dense", "lexical", "free", "bottleneck", "words"),
+    "lexlip-grounded": ("dense", "lexical", "free", "bottleneck", "words", "text_words"),
     "lexlip-distill": ("dense", "lexical", "free", "bottleneck", "distill"),
     "lexical-heads": ("lexical", "free", "distill"),
 }
@@ -186,6 +187,17 @@ def _word_bags(net: Any, data: PairSet) -> Any:
     return hit[1]
 
 
+def _train_mode(net: Any, heads_only: bool) -> None:
+    """Training mode; a frozen encoder keeps its batch-norm statistics (eval mode) too."""
+    from torch import nn
+
+    net.train()
+    if heads_only:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _batch_positives(data: PairSet, idx: np.ndarray, cap: np.ndarray) -> np.ndarray:
     """``bool [B, B]``: text ``t`` (caption ``cap[t]`` of image ``idx[t]``) fits image ``idx[i]``."""
     if data.meanings is not None and data.scenes is not None:
@@ -315,7 +327,7 @@ def train(
             "siglip_bias": float(siglip_bias.detach()),
         }
 
-    net.train()
+    _train_mode(net, heads_only)
     with progress_bar(total, "train", "step", progress, initial=step) as bar:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -377,7 +389,7 @@ def train(
                     entry["val"] = evaluate_pairs(
                         encoder, val, lexical=native and "lexical" in terms
                     )
-                    net.train()
+                    _train_mode(net, heads_only)
                 history.append(entry)
                 say(_epoch_line(entry))
                 _save_checkpoint(ckpt_path, net, opt, state())
@@ -494,7 +506,11 @@ def _step(
         out["words"] = cfg.w_words * F.binary_cross_entropy_with_logits(zmax, bags)
     ramp = min(1.0, progress_frac / max(cfg.flops_ramp, 1e-6)) ** 2
     if "lexical" in terms:
-        tl = net.text_lexical(tst, mask)  # [B+N, V]
+        tl, tz = net.text_lex.forward_with_logits(tst, mask, net.active_table())  # [B+N, V] each
+        if "text_words" in terms:  # a text's lexicon weighs the word pieces it contains
+            out["text_words"] = cfg.w_words * F.binary_cross_entropy_with_logits(
+                tz, net.text_presence(tok)
+            )
         lscale = net.lex_logit_scale.exp().clamp(max=100)
         llog = lscale * tl[:B] @ il.t()  # [B, B]
         out["lexical"] = cfg.w_lexical * contrastive_loss(
