@@ -322,3 +322,17 @@ def test_bench_search_measures_sparse_and_hybrid_on_synthetic_vectors(tmp_path) 
         assert rows[(n, "sparse")]["smaller_than_flat"] > 1.0
         assert rows[(n, "flat")]["faster_than_flat"] == 1.0
     assert "disk vs flat" in (tmp_path / "bench_search.md").read_text()
+
+
+def test_reference_scores_equal_the_naive_sums(data) -> None:
+    from lexlens.index.sparse import sparse_scores_reference
+
+    items, queries, ids = data
+    got = sparse_scores_reference(queries, items)
+    x = items.to_dense().astype(np.float64)
+    for r in range(len(queries)):
+        words, vals = queries.row(r)
+        acc = np.zeros(len(items), np.float64)
+        for j in np.argsort(words):
+            acc += np.float64(vals[j]) * x[:, int(words[j])]
+        np.testing.assert_array_equal(got[r], acc.astype(np.float32))

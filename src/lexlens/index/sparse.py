@@ -176,18 +176,23 @@ def sparse_scores_reference(queries: SparseBatch, items: SparseBatch) -> np.ndar
     """Brute-force ``float32 [n_queries, n_items]`` scores computed exactly as the index does.
 
     For each query, the words are taken in ascending order and ``q_w * d_w`` accumulated in
-    ``float64``; the result is rounded to ``float32``. Meant for tests and small checks.
+    ``float64``; the result is rounded to ``float32``. Meant for tests and checks (the output
+    is dense: ``n_queries * n_items`` numbers).
     """
+    import scipy.sparse as sps
+
     q = clean_queries(queries)
     ip, ii, iv = _canonical_rows(items)
-    dense_items = np.zeros((len(ip) - 1, items.vocab_size), np.float64)
-    dense_items[np.repeat(np.arange(len(ip) - 1), np.diff(ip)), ii] = iv
-    out = np.zeros((len(q), len(ip) - 1), np.float32)
+    n = len(ip) - 1
+    cols = sps.csr_matrix(
+        (iv.astype(np.float64), ii, ip), shape=(n, max(items.vocab_size, 1))
+    ).tocsc()  # column w: the items having word w
+    out = np.zeros((len(q), n), np.float32)
     for r in range(len(q)):
-        idx, val = q.row(r)
-        acc = np.zeros(len(ip) - 1, np.float64)
-        for w, v in zip(idx, val, strict=True):
-            acc += np.float64(v) * dense_items[:, int(w)]
+        acc = np.zeros(n, np.float64)
+        for w, v in zip(*q.row(r), strict=True):
+            lo, hi = cols.indptr[int(w)], cols.indptr[int(w) + 1]
+            acc[cols.indices[lo:hi]] += np.float64(v) * cols.data[lo:hi]
         out[r] = acc.astype(np.float32)
     return out
 
