@@ -32,7 +32,7 @@ prompts    photo       word prompts, averaged: ``photo`` ("a photo of a {}.", "a
                        ``plain`` ("{}"), or a file (one template a line, ``{}`` = the word)
 expand     0           query expansion: each query word adds its ``expand`` nearest
                        vocabulary words (weight = the cosine of their word embeddings)
-qtopk      32          ``encoder`` query mode: the text embedding's ``qtopk`` nearest words
+qtopk      16          ``encoder`` query mode: the text embedding's ``qtopk`` nearest words
                        are added to the query's own words (0: both modes give the words only)
 temp       0.01        softmax temperature (``weight=softmax``)
 cache      (none)      directory where the word embeddings and reference statistics are kept
@@ -134,7 +134,7 @@ class LexicalOptions:
     words: str = "minilm"
     prompts: str = "photo"
     expand: int = 0
-    qtopk: int = 32
+    qtopk: int = 16
     temp: float = 0.01
     cache: str | None = None
 
