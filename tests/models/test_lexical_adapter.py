@@ -354,3 +354,25 @@ def test_dense_and_lexical_of_one_batch_share_a_forward_pass(files):
     assert inner.image_batches == before + 1
     np.testing.assert_allclose(dense, inner.encode_images(pixels), atol=1e-6)
     assert len(sparse) == len(COLOURS)
+
+
+def test_decoding_workers_get_a_picklable_preprocessing(files):
+    import pickle
+
+    from lexlens.index.ingest import _preprocessor
+    from lexlens.models.base import Encoder
+
+    class ConfigPreprocessing(HashEncoder):
+        preprocess = Encoder.preprocess  # the shared, config-driven preprocessing
+
+    enc = LexicalAdapter(ConfigPreprocessing(), parse_lexical_options(_opts(files)))
+    assert type(enc).preprocess is Encoder.preprocess  # workers rebuild it from the config
+    pickle.dumps(_preprocessor(enc))
+    own = LexicalAdapter(HashEncoder(), parse_lexical_options(_opts(files, weight="sim")))
+    img = colour_image(COLOURS[3])
+    np.testing.assert_array_equal(own.preprocess(img), HashEncoder().preprocess(img))
+    want = own.encode_images_lexical([img])
+    back = pickle.loads(pickle.dumps(_preprocessor(own))).__self__  # the adapter itself
+    got = back.encode_images_lexical([img])
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-6)

@@ -293,6 +293,29 @@ def _digest(*parts: Any) -> str:
 class LexicalAdapter(Encoder):
     """``inner``'s dense embeddings plus training-free lexical vectors (module docstring)."""
 
+    def __new__(
+        cls, inner: Encoder | None = None, options: LexicalOptions | None = None
+    ) -> LexicalAdapter:
+        # the inner model's own preprocessing when it has one; otherwise Encoder's, which the
+        # index's decoding workers run from preprocess_config without pickling the model
+        own = inner is not None and type(inner).preprocess is not Encoder.preprocess
+        if cls is LexicalAdapter and own:
+            cls = _OwnPreprocessAdapter
+        return super().__new__(cls)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for k in ("_lock", "_tables", "_recent", "_neighbours"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._tables = None
+        self._recent = OrderedDict()
+        self._neighbours = {}
+
     def __init__(self, inner: Encoder, options: LexicalOptions | None = None) -> None:
         self.inner = inner
         self.options = options or LexicalOptions()
@@ -329,9 +352,6 @@ class LexicalAdapter(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> np.ndarray:
         return self.inner._forward_texts(texts)
-
-    def preprocess(self, image: Any) -> np.ndarray:
-        return self.inner.preprocess(image)
 
     def _inner_batches(self) -> bool:
         # the inner model encodes through Encoder's batching (so through _forward_images)
@@ -610,6 +630,13 @@ class LexicalAdapter(Encoder):
 
 def _public(o: LexicalOptions) -> dict[str, Any]:
     return {f.name: getattr(o, f.name) for f in fields(o)}
+
+
+class _OwnPreprocessAdapter(LexicalAdapter):
+    """A :class:`LexicalAdapter` over a model with its own ``preprocess``."""
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        return self.inner.preprocess(image)
 
 
 def _column_stats(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
