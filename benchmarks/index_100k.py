@@ -105,6 +105,11 @@ def _cli(args: list[str], json_out: bool = True) -> tuple[float, Any]:
     return dt, json.loads(proc.stdout) if json_out else proc.stdout
 
 
+def _abs(p: Path | str) -> str:
+    """A path compared by the file it names (readers may resolve symlinks, the CLI keeps them)."""
+    return os.path.realpath(p)
+
+
 def _records(folder: Path) -> list[dict[str, Any]]:
     with open(folder / "captions.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -186,7 +191,7 @@ def run(
     if m < n:
         cap_src = work / "caption-source"
         cap_src.mkdir(exist_ok=True)
-        rows = [{**r, "image": str((scenes / r["image"]).resolve())} for r in records[:m]]
+        rows = [{**r, "image": _abs(scenes / r["image"])} for r in records[:m]]
         (cap_src / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     dt, rep = _cli(["index", "build", str(cap_src), "--model", model, "--out", str(cidx)]
                    + ["--items", "texts"])  # fmt: skip
@@ -201,11 +206,11 @@ def run(
 
     # queries
     qi = 4242 % n
-    img = str((scenes / records[qi]["image"]).resolve())
+    img = _abs(scenes / records[qi]["image"])
     from lexlens.index.index import Index
 
     opened = Index.open(idx)
-    self_id = next(i for i, r in opened.rows(range(n)).items() if r.path == img)  # ids 0..n-1
+    self_id = next(i for i, r in opened.rows(range(n)).items() if _abs(r.path) == img)
     emb = np.asarray(opened.vectors([self_id]).dense[0], np.float32)
     emb_file = work / "query-embedding.npy"
     np.save(emb_file, emb)
@@ -239,7 +244,7 @@ def run(
                 for h in answers[name][:3]
             ],  # fmt: skip
         }
-    by_path = {str((scenes / r["image"]).resolve()): r for r in records}
+    by_path = {_abs(scenes / r["image"]): r for r in records}
     c = log["checks"]
     c["text -> image: k hits, (-score, id) order"] = len(
         answers["text -> image"]
@@ -254,7 +259,7 @@ def run(
         answers["raw embedding"][0]["id"] == self_id
     )
     c["image + text: k hits"] = len(answers["image + text"]) == K
-    want = [(by_path[h["path"]]["scene"]["kind"], by_path[h["path"]]["scene"]["background"])
+    want = [(by_path[_abs(h["path"])]["scene"]["kind"], by_path[_abs(h["path"])]["scene"]["background"])
             for h in answers["--where filter"]]  # fmt: skip
     c["--where: k hits, all satisfy the filter"] = len(want) == K and all(
         w == ("pair", "gray") for w in want
@@ -279,12 +284,12 @@ def run(
     dt, info2 = _cli(["index", "info", str(idx)])
     log["index_after_add"] = {k: info2[k] for k in ("count", "disk_bytes", "generation")}
     new_rec = _records(extra)[17]
-    new_img = str((extra / new_rec["image"]).resolve())
+    new_img = _abs(extra / new_rec["image"])
     _, res = _cli(["search", str(idx), new_img, "--k", "3"])
     _, only = _cli(["search", str(idx), new_img, "--k", "3", "--where", f"path={new_img}"])
     c["add: 1000 added, count + 1000"] = rep["added"] == 1000 and info2["count"] == n + 1000
     log["new_scene_rank_by_its_image"] = next(
-        (h["rank"] for h in _hits(res) if h["path"] == new_img), None
+        (h["rank"] for h in _hits(res) if _abs(h["path"]) == new_img), None
     )
     c["add: a new scene is searchable (--where path=...)"] = [h["path"] for h in _hits(only)] == [
         new_img
