@@ -173,20 +173,6 @@ def _param_groups(net: Any, heads_only: bool) -> list[dict[str, Any]]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-_BAGS: dict[int, tuple[Any, Any]] = {}
-
-
-def _word_bags(net: Any, data: PairSet) -> Any:
-    """The word bags of every image of ``data`` (computed once per data set and model)."""
-    key = id(data)
-    hit = _BAGS.get(key)
-    if hit is None or hit[0] is not net:
-        _BAGS.clear()
-        hit = (net, net.word_bags(data.captions))
-        _BAGS[key] = hit
-    return hit[1]
-
-
 def _train_mode(net: Any, heads_only: bool) -> None:
     """Training mode; a frozen encoder keeps its batch-norm statistics (eval mode) too."""
     from torch import nn
@@ -314,6 +300,8 @@ def train(
             siglip_bias.data.fill_(float(ck["siglip_bias"]))
     mean, std = encoder.preprocess_config.mean, encoder.preprocess_config.std
     images_t = torch.from_numpy(data.images)
+    # [n, V] 0/1: the word pieces of each image's captions (targets of the "words" term)
+    word_bags = net.word_bags(data.captions) if "words" in terms else None
     say = log or (lambda s: None)
     last: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -356,6 +344,7 @@ def train(
                     std,
                     siglip_bias,
                     step / max(1, total),
+                    word_bags,
                 )
                 loss = sum(losses.values())
                 opt.zero_grad(set_to_none=True)
@@ -436,6 +425,7 @@ def _step(
     std: Any,
     siglip_bias: Any,
     progress_frac: float,
+    word_bags: Any = None,
 ) -> dict[str, Any]:
     """The loss terms of one batch."""
     import torch
@@ -473,16 +463,17 @@ def _step(
             return None
         return scale * (img[:, None, :] * txt_all[safe]).sum(-1)
 
+    def dense_loss(txt: Any, img: Any, logits: Any) -> Any:
+        """SigLIP or multi-positive InfoNCE (with each image's hard negatives) on ``[B, B]``."""
+        if cfg.objective == "siglip":
+            return siglip_loss(logits, pos, siglip_bias)
+        scale = net.logit_scale.exp().clamp(max=100)
+        return contrastive_loss(logits, pos, neg_scores(txt, img, scale), n_valid)
+
     if not native:
         img = F.normalize(net.image_features(px), dim=-1)
         txt = F.normalize(net.text_features(tok), dim=-1)
-        logits = scaled_logits(txt[:B], img, net.logit_scale)
-        if cfg.objective == "siglip":
-            out["dense"] = siglip_loss(logits, pos, siglip_bias)
-        else:
-            out["dense"] = contrastive_loss(
-                logits, pos, neg_scores(txt, img, net.logit_scale.exp().clamp(max=100)), n_valid
-            )
+        out["dense"] = dense_loss(txt, img, scaled_logits(txt[:B], img, net.logit_scale))
         return out
 
     ist = net.image_states(px)  # [B, 1+P, w]
@@ -491,18 +482,13 @@ def _step(
     txt = F.normalize(net.text_pool(tst, tok["attention_mask"]), dim=-1)  # [B+N, d]
     logits = scaled_logits(txt[:B], img, net.logit_scale)  # [B, B]
     if "dense" in terms:
-        if cfg.objective == "siglip":
-            out["dense"] = siglip_loss(logits, pos, siglip_bias)
-        else:
-            out["dense"] = contrastive_loss(
-                logits, pos, neg_scores(txt, img, net.logit_scale.exp().clamp(max=100)), n_valid
-            )
+        out["dense"] = dense_loss(txt, img, logits)
     if not {"lexical", "free", "bottleneck"} & set(terms):
         return out
     mask = tok["attention_mask"]
     il, zmax = net.image_lexical_with_logits(ist)  # [B, V] weights and max-pooled word logits
     if "words" in terms:
-        bags = _word_bags(net, data)[torch.from_numpy(idx)]  # [B, V] 0/1
+        bags = word_bags[torch.from_numpy(idx)]  # [B, V] 0/1
         out["words"] = cfg.w_words * F.binary_cross_entropy_with_logits(zmax, bags)
     ramp = min(1.0, progress_frac / max(cfg.flops_ramp, 1e-6)) ** 2
     if "lexical" in terms:
