@@ -94,3 +94,27 @@ def test_sparse_index_over_the_wrapped_model(tiny, tmp_path):
     dense = idx.vectors(sharing).dense @ enc.encode_texts(["a red circle"])[0]
     want = [sharing[j] for j in sorted(range(len(sharing)), key=lambda j: (-dense[j], sharing[j]))]
     assert got.ids[0].tolist() == want[:3]
+
+
+def test_index_build_with_decoding_workers_pickles_the_wrapped_model(tiny, tmp_path):
+    """Decoding workers (>= 64 images, workers=1) get the encoder's preprocess pickled."""
+    import pickle
+
+    from lexlens.data.scenes import generate_scenes
+    from lexlens.index.index import Index
+
+    cfg, ckpt, _, _, _ = tiny
+    spec = f"lexical(topk=6,nref=8,words=scenes):openclip:{cfg}:{ckpt}"
+    enc = load_encoder(spec)
+    back = pickle.loads(pickle.dumps(enc))
+    px = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(back.encode_images(list(px)), enc.encode_images(list(px)))
+    generate_scenes(tmp_path / "s", 64, seed=4, size=32, workers=1, progress=False)
+    built = {}
+    for workers in (1, 0):
+        idx = Index.build(
+            tmp_path / "s", spec, tmp_path / f"i{workers}", progress=False, workers=workers
+        )
+        assert len(idx) == 64
+        built[workers] = idx.vectors(list(range(64))).dense
+    np.testing.assert_array_equal(built[1], built[0])

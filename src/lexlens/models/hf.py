@@ -12,6 +12,7 @@ processors are used.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,15 @@ class HFFamily:
     dim: Callable[[Any], int]
 
 
-#: ``config.json`` ``model_type`` -> family
+def _clip_dim(c: Any) -> int:
+    return int(c.projection_dim)
+
+
+def _siglip_dim(c: Any) -> int:
+    return int(getattr(c.text_config, "projection_size", None) or c.text_config.hidden_size)
+
+
+#: ``config.json`` ``model_type`` -> family (module-level functions, so encoders pickle)
 FAMILIES: dict[str, HFFamily] = {
     "clip": HFFamily(
         "CLIPModel",
@@ -69,7 +78,7 @@ FAMILIES: dict[str, HFFamily] = {
         _OPENAI_MEAN,
         _OPENAI_STD,
         "shortest",
-        lambda c: int(c.projection_dim),
+        _clip_dim,
     ),
     "siglip": HFFamily(
         "SiglipModel",
@@ -79,7 +88,7 @@ FAMILIES: dict[str, HFFamily] = {
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         "squash",
-        lambda c: int(getattr(c.text_config, "projection_size", None) or c.text_config.hidden_size),
+        _siglip_dim,
     ),
 }
 
@@ -286,7 +295,7 @@ def load(target: str) -> Encoder:
         name=spec,
         dim=family.dim(cfg),
         preprocess_config=preprocess,
-        save=lambda m, path: _save(m, path, family, preprocess),
+        save=functools.partial(_save, family=family, preprocess=preprocess),
     )
 
 

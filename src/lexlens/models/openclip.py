@@ -21,6 +21,7 @@ interpolation), so torchvision is never used.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import sys
@@ -358,7 +359,9 @@ def load(target: str) -> Encoder:
         name=spec,
         dim=int(model_cfg["embed_dim"]),
         preprocess_config=_preprocess_config(oc.get_model_preprocess_cfg(model), spec),
-        save=lambda module, path: _save(module, path, model_cfg),
+        # a partial of a module-level function, not a lambda: the encoder must pickle (it is
+        # sent to decoding worker processes)
+        save=functools.partial(_save, model_cfg=model_cfg),
     )
 
 
