@@ -60,7 +60,8 @@ def test_wrapped_open_clip_model_end_to_end(tiny, tmp_path, monkeypatch):
     res = evaluate(enc, data, progress=False, query_mode="inference-free")
     assert res["query_mode"] == "inference-free" and 0 <= res["lexical"]["rsum"] <= 600
     img = enc.encode_images_lexical(data.images[:4])
-    assert all(0 < len(img.row(r)[0]) <= 6 for r in range(4))
+    lens = [len(img.row(r)[0]) for r in range(4)]  # random weights: a row may score no word
+    assert all(n <= 6 for n in lens) and sum(lens) > 0
     assert attempts == []
     assert list((tmp_path / "c").glob("lexical-*.npz"))
 
@@ -88,12 +89,13 @@ def test_sparse_index_over_the_wrapped_model(tiny, tmp_path):
     Index.build(
         scenes, spec, tmp_path / "hyb", spec="hybrid(sparse,flat)", progress=False, workers=0
     )
-    got = Index.open(tmp_path / "hyb").search("a red circle", k=3, query_mode="inference-free")
     sharing = [i for i, s in enumerate(scores) if s > 0]
-    assert len(sharing) > 3
+    assert len(sharing) >= 2
+    k = min(3, len(sharing) - 1)  # fewer than the items sharing a word: the order matters
+    got = Index.open(tmp_path / "hyb").search("a red circle", k=k, query_mode="inference-free")
     dense = idx.vectors(sharing).dense @ enc.encode_texts(["a red circle"])[0]
     want = [sharing[j] for j in sorted(range(len(sharing)), key=lambda j: (-dense[j], sharing[j]))]
-    assert got.ids[0].tolist() == want[:3]
+    assert got.ids[0].tolist() == want[:k]
 
 
 def test_index_build_with_decoding_workers_pickles_the_wrapped_model(tiny, tmp_path):
