@@ -234,7 +234,8 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--objective",
         choices=list(OBJECTIVES),
-        help="loss terms (default lexlip for native models, clip otherwise)",
+        help="loss terms (default lexlip for native models, clip otherwise; lexical-heads "
+        "fits lexicon heads on a frozen model, native:, openclip: or hf:)",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -1,6 +1,7 @@
 """The ``hf:`` backend: CLIP and SigLIP models of transformers.
 
-``hf:REPO_OR_PATH`` loads a ``save_pretrained`` directory (what :meth:`Encoder.save` writes) or
+``hf:REPO_OR_PATH`` loads a ``save_pretrained`` directory (what :meth:`Encoder.save` writes;
+with lexicon heads, :mod:`lexlens.models.lexheads`, when it also holds ``lexlens_heads.json``) or
 a hub repository id from the local Hugging Face cache; nothing is downloaded unless
 ``LEXLENS_ALLOW_DOWNLOADS=1`` (:mod:`lexlens.models.hub`). The family is chosen by the
 ``model_type`` of the checkpoint's ``config.json`` through :data:`FAMILIES` (never by the
@@ -290,13 +291,17 @@ def load(target: str) -> Encoder:
         padding=family.padding,
         attention_mask=family.attention_mask,
     )
-    return TorchEncoder(
+    enc = TorchEncoder(
         module,
         name=spec,
         dim=family.dim(cfg),
         preprocess_config=preprocess,
         save=functools.partial(_save, family=family, preprocess=preprocess),
     )
+    from lexlens.models.lexheads import has_heads, load_heads
+
+    # a directory written by `lexlens train --objective lexical-heads`: with its lexicon heads
+    return load_heads(enc, src) if Path(src).is_dir() and has_heads(src) else enc
 
 
 def list_names() -> list[str]:

@@ -8,7 +8,8 @@ Spec forms (``TARGET`` is everything after ``openclip:``):
   ``.safetensors``, ``.npz``);
 * ``hf-hub:ORG/REPO`` -- an open_clip repository of the Hugging Face hub;
 * ``DIR`` (or ``local-dir:DIR``) -- a directory with ``open_clip_config.json`` and weights:
-  what :meth:`Encoder.save` writes, and the layout of a hub repository;
+  what :meth:`Encoder.save` writes, and the layout of a hub repository; with lexicon heads
+  (:mod:`lexlens.models.lexheads`) when it also holds ``lexlens_heads.json``;
 * ``CONFIG.json[:/path/to/checkpoint]`` -- a custom architecture in open_clip's model-config
   format (``embed_dim``, ``vision_cfg``, ``text_cfg``), registered under the file's stem.
 
@@ -354,7 +355,7 @@ def load(target: str) -> Encoder:
     from lexlens.models.torch_modules import OpenClipDualEncoder, TorchEncoder
 
     model = model.float().eval()
-    return TorchEncoder(
+    enc = TorchEncoder(
         OpenClipDualEncoder(model, tokenizer),
         name=spec,
         dim=int(model_cfg["embed_dim"]),
@@ -363,6 +364,10 @@ def load(target: str) -> Encoder:
         # sent to decoding worker processes)
         save=functools.partial(_save, model_cfg=model_cfg),
     )
+    from lexlens.models.lexheads import has_heads, load_heads
+
+    # a directory written by `lexlens train --objective lexical-heads`: with its lexicon heads
+    return load_heads(enc, t.name) if t.kind == "dir" and has_heads(t.name) else enc
 
 
 def list_names() -> list[str]:

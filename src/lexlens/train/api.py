@@ -40,6 +40,8 @@ def run_training(
     """Train as ``req`` says, save the model into ``req.out``; returns the JSON summary.
 
     The summary's ``model_spec`` loads the result (``native:OUT`` for native models).
+    ``lexical-heads`` on an ``openclip:``/``hf:`` model fits new lexicon heads on its frozen
+    towers (:mod:`lexlens.models.lexheads`); ``openclip:OUT`` / ``hf:OUT`` loads both.
     """
     from lexlens.train.loop import TrainConfig, train
     from lexlens.train.recipes import get_recipe, run_recipe
@@ -76,6 +78,11 @@ def run_training(
         encoder = build_native(fresh, texts=texts)
     native = hasattr(encoder.trainable(), "image_states")
     objective = req.overrides.get("objective") or ("lexlip" if native else "clip")
+    if objective == "lexical-heads" and not native and not encoder.has_lexical:
+        from lexlens.models.lexheads import attach_heads
+
+        seed = int(req.overrides.get("seed") or 0)
+        encoder = attach_heads(encoder, [c for caps in data.captions for c in caps], seed=seed)
     cfg = replace(
         TrainConfig(objective=objective),
         **{k: v for k, v in req.overrides.items() if k != "objective"},
@@ -83,7 +90,7 @@ def run_training(
     summary = train(
         encoder, data, cfg, req.out, val=val, resume=req.resume, progress=progress, log=log
     )
-    if native:
+    if hasattr(encoder, "meta"):  # native models and lexicon heads record their training
         encoder.meta = {
             "trained": {k: summary[k] for k in ("steps", "seconds", "train_pairs", "source")}
         }

@@ -4,7 +4,8 @@
 follows :class:`~lexlens.models.base.TorchDualEncoder`, a :class:`~lexlens.train.data.PairSet`
 and a :class:`TrainConfig`. Native models get every objective (dense, lexical, inference-free
 query table, lexicon bottleneck, distillation); other backends (``openclip:``, ``hf:``) are
-fine-tuned with the dense objective.
+fine-tuned with the dense objective, or get lexicon heads fitted on their frozen towers
+(``lexical-heads``, :mod:`lexlens.models.lexheads`).
 
 Checkpoints (``OUT/checkpoint.pt``: weights, optimiser, schedule, step, history) are written
 atomically after every epoch and every ``checkpoint_every`` steps; ``resume=True`` continues
@@ -159,6 +160,12 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     )
 
 
+def _frozen_heads(net: Any, terms: tuple[str, ...]) -> bool:
+    """True when ``net`` is lexicon heads on a frozen encoder (:mod:`lexlens.models.lexheads`)
+    and ``terms`` train those heads (a dense objective fine-tunes the encoder itself)."""
+    return hasattr(net, "frozen_image") and set(terms) != {"dense"}
+
+
 def _param_groups(net: Any, heads_only: bool) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in net.named_parameters():
@@ -268,9 +275,16 @@ def train(
     terms = cfg.terms()
     net = encoder.trainable()
     native = hasattr(net, "image_states")
-    if not native and set(terms) - {"dense"}:
+    heads = _frozen_heads(net, terms)
+    if not (native or heads) and set(terms) - {"dense"}:
         raise UsageError(
-            f"objective {cfg.objective!r} needs a native model with lexicon heads; use clip or siglip"
+            f"objective {cfg.objective!r} needs a native model with lexicon heads; use clip or "
+            "siglip (or lexical-heads through lexlens train / run_training)"
+        )
+    if heads and set(terms) - set(OBJECTIVES["lexical-heads"]):
+        raise UsageError(
+            f"objective {cfg.objective!r} cannot train a frozen encoder's lexicon heads; "
+            "use lexical-heads"
         )
     if len(data) < 2:
         raise UsageError("training needs at least two image-caption pairs")
@@ -331,7 +345,7 @@ def train(
                     g["lr"] = _lr_at(step, total, cfg)
                 losses = _step(
                     net,
-                    native,
+                    native or heads,
                     terms,
                     cfg,
                     data,
@@ -353,8 +367,9 @@ def train(
                     [p for g in opt.param_groups for p in g["params"]], 5.0
                 )
                 opt.step()
-                with torch.no_grad():
-                    net.logit_scale.clamp_(0, math.log(100))
+                if not heads_only:  # a frozen encoder's own temperature stays as it is
+                    with torch.no_grad():
+                        net.logit_scale.clamp_(0, math.log(100))
                 step += 1
                 in_epoch += 1
                 last = {k: round(float(v.detach()), 4) for k, v in losses.items()}
@@ -376,7 +391,7 @@ def train(
                 if val is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
                     net.eval()
                     entry["val"] = evaluate_pairs(
-                        encoder, val, lexical=native and "lexical" in terms
+                        encoder, val, lexical=(native or heads) and "lexical" in terms
                     )
                     _train_mode(net, heads_only)
                 history.append(entry)
@@ -412,7 +427,7 @@ def _epoch_line(entry: dict[str, Any]) -> str:
 
 def _step(
     net: Any,
-    native: bool,
+    lexical: bool,
     terms: tuple[str, ...],
     cfg: TrainConfig,
     data: PairSet,
@@ -427,7 +442,7 @@ def _step(
     progress_frac: float,
     word_bags: Any = None,
 ) -> dict[str, Any]:
-    """The loss terms of one batch."""
+    """The loss terms of one batch (``lexical``: ``net`` has lexicon heads)."""
     import torch
     import torch.nn.functional as F
 
@@ -470,22 +485,27 @@ def _step(
         scale = net.logit_scale.exp().clamp(max=100)
         return contrastive_loss(logits, pos, neg_scores(txt, img, scale), n_valid)
 
-    if not native:
+    if not lexical:
         img = F.normalize(net.image_features(px), dim=-1)
         txt = F.normalize(net.text_features(tok), dim=-1)
         out["dense"] = dense_loss(txt, img, scaled_logits(txt[:B], img, net.logit_scale))
         return out
 
-    ist = net.image_states(px)  # [B, 1+P, w]
-    tst = net.text_states(tok)  # [B+N, L, w]
-    img = F.normalize(net.image_pool(ist), dim=-1)  # [B, d]
-    txt = F.normalize(net.text_pool(tst, tok["attention_mask"]), dim=-1)  # [B+N, d]
+    if hasattr(net, "frozen_image"):  # heads on a frozen encoder: its states, no gradients
+        ist, img = net.frozen_image(px)  # [B, N, w], [B, d]
+        tst, mask, txt = net.frozen_text(tok)  # [B+N, L, w], [B+N, L], [B+N, d]
+        img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    else:
+        ist = net.image_states(px)  # [B, 1+P, w]
+        tst = net.text_states(tok)  # [B+N, L, w]
+        mask = tok["attention_mask"]
+        img = F.normalize(net.image_pool(ist), dim=-1)  # [B, d]
+        txt = F.normalize(net.text_pool(tst, mask), dim=-1)  # [B+N, d]
     logits = scaled_logits(txt[:B], img, net.logit_scale)  # [B, B]
     if "dense" in terms:
         out["dense"] = dense_loss(txt, img, logits)
     if not {"lexical", "free", "bottleneck"} & set(terms):
         return out
-    mask = tok["attention_mask"]
     il, zmax = net.image_lexical_with_logits(ist)  # [B, V] weights and max-pooled word logits
     if "words" in terms:
         bags = word_bags[torch.from_numpy(idx)]  # [B, V] 0/1
