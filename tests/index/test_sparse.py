@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 
 import numpy as np
@@ -336,3 +338,86 @@ def test_reference_scores_equal_the_naive_sums(data) -> None:
         for j in np.argsort(words):
             acc += np.float64(vals[j]) * x[:, int(words[j])]
         np.testing.assert_array_equal(got[r], acc.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- layout 2
+@pytest.mark.parametrize("ratio", [0.0, float("inf")])
+def test_rows_only_and_gap_lists_only_equal_brute_force(data, monkeypatch, ratio) -> None:
+    """Every word as a LEB128 gap list (ratio 0) or as a dense row (inf): same exact results,
+    explanations, removals and reopened copies as the brute force."""
+    import lexlens.index.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "ROW_RATIO", ratio)
+    items, queries, ids = data
+    kind = build("sparse(block=5)", items, ids, batches=2)
+    for seg in kind.segments:
+        assert ((np.asarray(seg.dense_of) >= 0) == (ratio > 0)).all()
+        assert (len(seg.gaps) > 0) == (ratio == 0)
+    for k in (1, 10, 800):
+        s, i = kind.search(Vectors(sparse=queries), k)
+        es, ei = brute(queries, items, ids, k)
+        np.testing.assert_array_equal(i, ei)
+        np.testing.assert_array_equal(s, es)
+    q = take(queries, np.array([1]))
+    hit = int(kind.search(Vectors(sparse=q), 1)[1][0, 0])
+    pos = int(np.flatnonzero(ids == hit)[0])
+    assert kind.explain(q, [hit], vocab=items.vocab)[0] == explain(
+        q, take(items, np.array([pos])), items.vocab
+    )
+    gone = ids[::3]
+    kind.remove(gone)
+    keep = ~np.isin(ids, gone)
+    es, ei = brute(queries, take(items, np.flatnonzero(keep)), ids[keep], 10)
+    np.testing.assert_array_equal(kind.search(Vectors(sparse=queries), 10)[1], ei)
+
+
+def test_gap_lists_with_long_gaps_and_wide_ids(monkeypatch) -> None:
+    """Rare words whose gaps need 2 and 3 LEB128 bytes and span many checkpoints, queries with
+    more list words than the bound pass remembers (checkpoint look-ups), ids above 2**32 and
+    negative ids: all equal to the brute force."""
+    import lexlens.index.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "ROW_RATIO", 0.0)
+    rng = np.random.default_rng(7)
+    n, vocab = 40_000, 48
+    dense = np.zeros((n, vocab), np.float32)
+    dense[np.arange(n), rng.integers(0, 8, n)] = rng.integers(1, 9, n) * np.float32(0.5)
+    # word 40: every 200th item (2-byte gaps), word 41: 3 items far apart (3-byte gaps)
+    dense[::200, 40] = 3.0
+    dense[[5, 20_000, 39_999], 41] = 9.0
+    # words 8..39: many small lists so that a query has > 32 list words
+    for w in range(8, 40):
+        dense[rng.choice(n, 300, replace=False), w] = rng.integers(1, 5, 300) * np.float32(0.5)
+    items = SparseBatch.from_dense(dense)
+    qd = np.zeros((3, vocab), np.float32)
+    qd[0, 40] = 1.0
+    qd[1, [41, 0, 3]] = [1.0, 0.25, 0.5]
+    qd[2, :42] = rng.random(42).astype(np.float32) + 0.1
+    queries = SparseBatch.from_dense(qd)
+    for ids in (np.arange(n) * 3 + 2**33, np.arange(n) - 20_000):
+        kind = SparseKind(vocab_size=vocab)
+        kind.add(ids, Vectors(sparse=items))
+        seg = kind.segments[0]
+        assert seg.ids.shape[1] == (5 if ids.min() > 0 else 8)
+        assert np.asarray(seg.gaps).max() >= 128  # multi-byte gaps exist
+        s, i = kind.search(Vectors(sparse=queries), 25)
+        es, ei = brute(queries, items, ids, 25)
+        np.testing.assert_array_equal(i, ei)
+        np.testing.assert_array_equal(s, es)
+        assert (i[1] != -1).sum() == 25 and set(ids[[5, 20_000, 39_999]]) <= set(i[1])
+        assert kind.explain(take(queries, np.array([1])), [int(ids[20_000])])[0][0]["id"] == 41
+
+
+def test_layout_is_smaller_than_raw_and_old_layouts_are_refused(data, tmp_path) -> None:
+    items, _, ids = data
+    kind = build("sparse", items, ids)
+    kind.save(tmp_path)
+    nnz = int(items.indptr[-1])
+    on_disk = sum(np.load(tmp_path / f).nbytes for f in os.listdir(tmp_path) if f.endswith("npy"))
+    # raw CSR: 4-byte word id + 4-byte weight per non-zero, 8 bytes per id
+    assert on_disk < 0.5 * (8 * nnz + 8 * len(ids))
+    meta = json.loads((tmp_path / "sparse.json").read_text())
+    meta["format"] = 1
+    (tmp_path / "sparse.json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="rebuild"):
+        load_kind(parse_spec("sparse"), tmp_path, KindContext(vocab_size=VOCAB))

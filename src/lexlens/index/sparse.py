@@ -27,24 +27,35 @@ Block-Max Pruning", SIGIR 2024).** The index is a list of immutable *segments*. 
 orders its documents so that documents with the same heaviest words are neighbours (sort by
 the three heaviest words) and cuts them into blocks of ``block`` documents. Per word it
 stores the weight codes of its postings in document order (one byte each) and where they
-are: a word found in at least 36% of the blocks has a *dense row* (per block: an 8-bit upper
-bound of its largest weight and a bit mask of the documents that have it; every 32nd block
-the index of its first posting); any other word a list of *pairs* (block id, 8-bit bound,
-document mask; every 32nd pair the index of its first posting). External ids are ``uint32``
-when they fit. Weights are codes into a sorted per-segment table of the distinct weights
+are, in whichever of two forms takes fewer bytes (:data:`ROW_RATIO`):
+
+* a *dense row* (the words found in most blocks): per block an 8-bit upper bound of the
+  word's largest weight and a bit mask of the documents that have it; every 32nd block the
+  index of its first posting;
+* a *gap list* (all other words): the gaps between its documents as LEB128 varints (one
+  byte below 128), and every 64th posting a checkpoint (the document before it, where its
+  gap starts). Block bounds of a list word are not stored: the bound pass derives them from
+  the codes it decodes anyway (codes are sorted like the weights they stand for).
+
+External ids take as many little-endian bytes as the largest id needs (3 bytes below
+16.7 million). Weights are codes into a sorted per-segment table of the distinct weights
 (``uint8`` when there are at most 256 -- the case for 8-bit model output, which is therefore
-stored without loss -- ``uint16`` up to 65,536, beyond that a 16-bit grid).
+stored without loss -- ``uint16`` up to 65,536, beyond that a 16-bit grid). There is no
+other copy of the vectors: merges, ``--explain`` and reopening decode these arrays.
 
 A query computes, for every block, an integer upper bound ``sum_w ceil(q_w / u) * bound_w``
-(one vectorised pass per dense word, one pass over the pairs of the others), scores the
-blocks above a threshold estimated from a sample of the bounds first, then every other block
-whose bound still reaches the ``k``-th score, best bound first, and stops at the first one
-below it (exact), or when the budget is spent.
+(one vectorised pass per dense row, one decoding pass per list word, which also remembers
+where the word's postings of each block start), scores the blocks above a threshold
+estimated from a sample of the bounds first, then every other block whose bound still
+reaches the ``k``-th score, best bound first, and stops at the first one below it (exact),
+or when the budget is spent.
 
 **Changes.** ``add`` builds a new segment from the batch; segments of similar size are merged
 (so there are O(log n) of them). ``remove`` marks documents dead in a bitmap (dead documents are
 skipped while scoring); a segment with more than a quarter dead is rebuilt. ``save`` writes
-plain ``.npy`` arrays; ``load`` memory-maps them (only the small dead-bitmaps are read).
+plain ``.npy`` arrays and ``sparse.json`` (with the layout version :data:`FORMAT`; an older
+layout is refused with a request to rebuild); ``load`` memory-maps them (only the small
+dead-bitmaps are read).
 Searching is read-only and releases the GIL, so several threads can search at once.
 
 **Explanations.** :func:`explain` lists the shared words of a query and an item with their
@@ -97,15 +108,17 @@ _ARRAYS = (
     "dub",
     "dmask",
     "dchk",
-    "pptr",
-    "pair_block",
-    "pair_bound",
-    "pair_mask",
-    "pchk",
+    "sptr",
+    "gaps",
+    "cptr",
+    "cdoc",
+    "cpos",
 )
-#: a word in at least this share of a segment's blocks gets a dense row (cheaper from ~36%:
-#: a row costs 2.25 bytes per block, a pair 6.25 bytes)
-DENSE_SHARE = 0.36
+#: on-disk layout version (written to ``sparse.json``)
+FORMAT = 2
+#: a word gets a dense row when the row takes at most this many times the bytes of its gap
+#: list (1.0: whichever is smaller)
+ROW_RATIO = 1.0
 
 
 def _kernels() -> Any:
@@ -205,27 +218,39 @@ class Segment:
     ``dead`` is a bitmap over internal positions (the only mutable part).
     """
 
-    ids: np.ndarray  # uint32 (int64 if needed) [m] external id of each internal position
+    ids: np.ndarray  # uint8 [m, B] external id of each internal position, B little-endian bytes
     terms: np.ndarray  # int32 [T] vocabulary id of each local word (ascending)
     tptr: np.ndarray  # int64 [T+1] postings of each local word
     post_code: np.ndarray  # uint8/uint16 [nnz] weight codes, per word in document order
     codebook: np.ndarray  # float32 [C] ascending weights
-    dense_of: np.ndarray  # int32 [T] row of a dense word in dub/dmask/dchk, -1 for others
+    dense_of: np.ndarray  # int32 [T] row of a dense word in dub/dmask/dchk, -1 for list words
     dub: np.ndarray  # uint8 [D, blocks] 8-bit bound of the largest weight per block
     dmask: np.ndarray  # uint8 [D, blocks] which documents of the block have the word
-    dchk: np.ndarray  # int64 [D, blocks/32+1] first posting of every 32nd block
-    pptr: np.ndarray  # int64 [T+1] pairs of each other word (none for dense words)
-    pair_block: np.ndarray  # int32 [P] block id
-    pair_bound: np.ndarray  # uint8 [P] 8-bit bound of the largest weight in the block
-    pair_mask: np.ndarray  # uint8 [P] which documents of the block have the word
-    pchk: np.ndarray  # int64 [P/32+1] first posting of every 32nd pair
+    dchk: np.ndarray  # uint32 (int64) [D, blocks/32+1] first posting of every 32nd block
+    sptr: np.ndarray  # int64 [T+1] bytes of each list word's gaps (none for dense words)
+    gaps: np.ndarray  # uint8 [S] LEB128 document gaps (first: document + 1)
+    cptr: np.ndarray  # int64 [T+1] checkpoints of each list word
+    cdoc: np.ndarray  # uint32 (int64) [K] document before every 64th posting, plus 1
+    cpos: np.ndarray  # uint32 (int64) [K] where that posting's gap starts in ``gaps``
     dead: np.ndarray  # uint8 [ceil(m/8)+1] bitmap
     block: int
     n_dead: int = 0
+    _btab: np.ndarray | None = None  # code -> 8-bit bound (derived from the codebook)
 
     @property
     def size(self) -> int:
         return len(self.ids)
+
+    @property
+    def btab(self) -> np.ndarray:
+        """8-bit upper bound of each weight code (``ceil(255 * w / max w)``)."""
+        if self._btab is None:
+            self._btab = _bound_table(np.asarray(self.codebook))
+        return self._btab
+
+    def external_ids(self) -> np.ndarray:
+        """``int64`` external id of every internal position."""
+        return _unpack_ids(np.asarray(self.ids))
 
     @property
     def live(self) -> int:
@@ -237,8 +262,12 @@ class Segment:
 
     def kernel_args(self) -> tuple[Any, ...]:
         """The arrays :func:`~lexlens.index.sparse_kernels.search_segment` reads, in its order."""
-        views = tuple(_arr(getattr(self, a)) for a in _ARRAYS[1:])
-        return (*views, _arr(self.ids), self.dead, self.size, self.block)
+        v = {a: _arr(getattr(self, a)) for a in _ARRAYS}
+        return (
+            v["terms"], v["tptr"], v["post_code"], v["codebook"], self.btab, v["dense_of"],
+            v["dub"], v["dmask"], v["dchk"], v["sptr"], v["gaps"], v["cptr"], v["cdoc"],
+            v["cpos"], v["ids"], self.dead, self.size, self.block,
+        )  # fmt: skip
 
     def nbytes(self) -> int:
         return int(sum(np.asarray(getattr(self, a)).nbytes for a in _ARRAYS) + self.dead.nbytes)
@@ -262,8 +291,8 @@ class Segment:
         """The documents back as ``(ids, CSR rows)`` (weights decoded from the codes)."""
         k = _kernels()
         docs = k.decode_postings(
-            _arr(self.tptr), _arr(self.dense_of), _arr(self.dmask), _arr(self.pptr),
-            _arr(self.pair_block), _arr(self.pair_mask), self.block,
+            _arr(self.tptr), _arr(self.dense_of), _arr(self.dmask), _arr(self.sptr),
+            _arr(self.gaps), self.block,
         )  # fmt: skip
         term_of = np.repeat(np.arange(len(self.terms)), np.diff(np.asarray(self.tptr)))
         order = k.group_by_doc(docs, self.size)  # words stay ascending inside a document
@@ -271,7 +300,7 @@ class Segment:
         words = np.asarray(self.terms, np.int64)[term_of[order]]
         vals = np.asarray(self.codebook)[np.asarray(self.post_code)[order]]
         counts = np.bincount(docs, minlength=self.size)
-        ids = np.asarray(self.ids, np.int64)
+        ids = self.external_ids()
         if live_only and self.n_dead:
             alive = ~self.dead_mask()
             keep = alive[docs]
@@ -281,6 +310,39 @@ class Segment:
         ptr = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=ptr[1:])
         return ids, SparseBatch(ptr, words.astype(np.int32), vals.astype(np.float32), 0)
+
+
+def _bound_table(book: np.ndarray) -> np.ndarray:
+    """``uint8`` bound of each codebook weight: ``ceil(255 * w / max)`` (never below ``w``)."""
+    vmax = float(book[-1]) if len(book) else 1.0
+    return np.minimum(
+        255, np.ceil(book.astype(np.float64) / max(vmax, 1e-30) * 255.0 * (1 + 1e-12))
+    ).astype(np.uint8)
+
+
+def _pack_ids(ids: np.ndarray) -> np.ndarray:
+    """``int64`` ids -> ``uint8 [m, B]`` little-endian bytes, ``B`` as few as the largest
+    non-negative id needs (8 when an id is negative)."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+        return np.zeros((0, 1), np.uint8)
+    nbytes = 8 if ids.min() < 0 else max(1, (int(ids.max()).bit_length() + 7) // 8)
+    raw = ids.astype("<i8").view(np.uint8).reshape(len(ids), 8)
+    return np.ascontiguousarray(raw[:, :nbytes])
+
+
+def _unpack_ids(packed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_ids`."""
+    full = np.zeros((len(packed), 8), np.uint8)
+    full[:, : packed.shape[1]] = packed
+    return full.view("<i8").reshape(-1).astype(np.int64)
+
+
+def _small(a: np.ndarray) -> np.ndarray:
+    """``uint32`` when all values fit (offsets and documents), else unchanged."""
+    if a.size == 0 or (a.min() >= 0 and a.max() < 2**32):
+        return a.astype(np.uint32)
+    return a
 
 
 def _codes(values: np.ndarray, q8: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -341,21 +403,14 @@ def build_segment(
     src = np.repeat(indptr[:-1][perm], lens) + (
         np.arange(int(new_ptr[-1])) - np.repeat(new_ptr[:-1], lens)
     )
-    vmax = float(book[-1]) if len(book) else 1.0
-    bound = np.minimum(
-        255, np.ceil(book.astype(np.float64) / max(vmax, 1e-30) * 255.0 * (1 + 1e-12))
-    ).astype(np.uint8)
-    n_blocks = (n + block - 1) // block
-    (tptr, post_code, dense_of, dub, dmask, dchk, pptr, pair_block, pair_bound, pair_mask,
-     pchk) = k.build_postings(
-        new_ptr, loc[src], codes[src], len(terms), block, bound,
-        max(1, int(np.ceil(n_blocks * DENSE_SHARE))), np.zeros(1, codes.dtype),
+    (tptr, post_code, dense_of, dub, dmask, dchk, sptr, gaps, cptr, cdoc, cpos) = (
+        k.build_postings(
+            new_ptr, loc[src], codes[src], len(terms), block, _bound_table(book),
+            float(ROW_RATIO), np.zeros(1, codes.dtype),
+        )
     )  # fmt: skip
-    ids = np.asarray(ids, np.int64)[perm]
-    if len(ids) and ids.min() >= 0 and ids.max() < 2**32:
-        ids = ids.astype(np.uint32)
     return Segment(
-        ids=ids,
+        ids=_pack_ids(np.asarray(ids, np.int64)[perm]),
         terms=terms.astype(np.int32),
         tptr=tptr,
         post_code=post_code,
@@ -363,12 +418,12 @@ def build_segment(
         dense_of=dense_of,
         dub=dub,
         dmask=dmask,
-        dchk=dchk,
-        pptr=pptr,
-        pair_block=pair_block,
-        pair_bound=pair_bound,
-        pair_mask=pair_mask,
-        pchk=pchk,
+        dchk=_small(dchk),
+        sptr=sptr,
+        gaps=gaps,
+        cptr=cptr,
+        cdoc=_small(cdoc),
+        cpos=_small(cpos),
         dead=np.zeros(n // 8 + 1, np.uint8),
         block=block,
     )
@@ -479,8 +534,9 @@ class SparseKind(IndexKind):
         if self._where is None:
             self._where = []
             for seg in self.segments:
-                order = np.argsort(np.asarray(seg.ids), kind="stable")
-                self._where.append((np.asarray(seg.ids)[order], order))
+                ext = seg.external_ids()
+                order = np.argsort(ext, kind="stable")
+                self._where.append((ext[order], order))
         ids = np.asarray(ids, np.int64).reshape(-1)
         seg_of = np.full(len(ids), -1, np.int64)
         pos_of = np.full(len(ids), -1, np.int64)
@@ -588,8 +644,8 @@ class SparseKind(IndexKind):
             s = self.segments[si]
             w = kern.lookup_weights(
                 np.asarray(words, np.int64), _arr(s.terms), _arr(s.tptr), _arr(s.post_code),
-                _arr(s.codebook), _arr(s.dense_of), _arr(s.dmask), _arr(s.dchk), _arr(s.pptr),
-                _arr(s.pair_block), _arr(s.pair_mask), _arr(s.pchk), pos, s.block,
+                _arr(s.codebook), _arr(s.dense_of), _arr(s.dmask), _arr(s.dchk), _arr(s.sptr),
+                _arr(s.gaps), _arr(s.cptr), _arr(s.cdoc), _arr(s.cpos), pos, s.block,
             )  # fmt: skip
             out.append(_contributions(words, qw, w, vocab or query.vocab))
         return out
@@ -604,6 +660,7 @@ class SparseKind(IndexKind):
                 np.save(directory / name, np.asarray(getattr(s, a)))
                 names.append(name)
         meta = {
+            "format": FORMAT,
             "vocab_size": self.vocab_size,
             "block": self.block,
             "topk": self.topk,
@@ -620,6 +677,11 @@ class SparseKind(IndexKind):
     def load(cls, directory: Path, options: dict[str, Any], mmap: bool = True) -> SparseKind:
         directory = Path(directory)
         meta = json.loads((directory / "sparse.json").read_text())
+        if meta.get("format", 1) != FORMAT:
+            raise UsageError(
+                f"{directory} holds a sparse index of layout {meta.get('format', 1)}; this "
+                f"lexlens reads layout {FORMAT}: rebuild the index"
+            )
         mode = "r" if mmap else None
         segs = []
         for si, sm in enumerate(meta["segments"]):
@@ -655,8 +717,8 @@ class SparseKind(IndexKind):
 _SCRATCH = threading.local()
 
 
-#: words without dense bounds per query whose blocks are remembered (others: binary search)
-_PIDX_ROWS = 32
+#: list words per query whose blocks are remembered by the bound pass (others: checkpoints)
+_SLOT_ROWS = 32
 
 
 def _scratch(n_blocks: int) -> tuple[np.ndarray, ...]:
@@ -668,7 +730,8 @@ def _scratch(n_blocks: int) -> tuple[np.ndarray, ...]:
             np.zeros(size, np.uint32),
             np.zeros(size, np.int64),
             np.zeros(size, np.int64),
-            np.full((_PIDX_ROWS, size), -1, np.int32),
+            np.zeros((_SLOT_ROWS, size), np.int64),
+            np.zeros(1, np.int64),
         )
         _SCRATCH.arrays = have
     return have

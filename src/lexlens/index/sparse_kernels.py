@@ -105,62 +105,99 @@ def heap_sorted(hs, hi, sizes, out_s, out_i):  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- layout
-#: blocks (dense words) / pairs (other words) between two stored absolute posting offsets
+#: blocks between two stored absolute posting offsets of a dense row
 CHECK = 32
+#: postings between two checkpoints of a gap list
+LIST_CHECK = 64
 #: number of set bits of every byte
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+#: a scratch slot: epoch in the top bits, posting offset in the middle, document mask below
+_EPOCH_SHIFT = 40
+_MAX_EPOCH = (1 << 23) - 1
 
 
 @nb.njit(inline="always", **_JIT)
 def _dense_start(d, b, dmask, dchk):  # pragma: no cover
     """First posting of dense row ``d`` in block ``b``."""
-    start = dchk[d, b // CHECK]
+    start = np.int64(dchk[d, b // CHECK])
     for x in range(b - b % CHECK, b):
         start += _POPCOUNT[dmask[d, x]]
     return start
 
 
 @nb.njit(inline="always", **_JIT)
-def _pair_start(t, p, tptr, pptr, pair_mask, pchk):  # pragma: no cover
-    """First posting of pair ``p`` (of word ``t``)."""
-    first = p - p % CHECK
-    if first < pptr[t]:
-        start = tptr[t]
-        first = pptr[t]
-    else:
-        start = pchk[p // CHECK]
-    for x in range(first, p):
-        start += _POPCOUNT[pair_mask[x]]
-    return start
+def _varint(gaps, pos):  # pragma: no cover
+    """Decode one LEB128 number at ``gaps[pos]``; returns (value, next position)."""
+    v = np.int64(0)
+    shift = 0
+    while True:
+        byte = np.int64(gaps[pos])
+        pos += 1
+        v |= (byte & 127) << shift
+        if byte < 128:
+            return v, pos
+        shift += 7
+
+
+@nb.njit(**_JIT)
+def _list_find(t, b, block, tptr, sptr, gaps, cptr, cdoc, cpos):  # pragma: no cover
+    """(first posting, document mask) of list word ``t`` in block ``b``; mask 0 if absent.
+
+    Binary search for the last checkpoint at or before the block, then decodes at most
+    ``LIST_CHECK`` gaps.
+    """
+    lo = cptr[t]
+    hi = cptr[t + 1]
+    first_doc = np.int64(b) * block
+    if lo == hi:
+        return np.int64(0), 0
+    # largest checkpoint c with (previous document + 1) <= first_doc
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if np.int64(cdoc[mid]) <= first_doc:
+            lo = mid
+        else:
+            hi = mid
+    x = tptr[t] + (lo - cptr[t]) * LIST_CHECK
+    doc = np.int64(cdoc[lo]) - 1
+    pos = np.int64(cpos[lo])
+    end = tptr[t + 1]
+    mask = 0
+    start = np.int64(0)
+    while x < end:
+        g, pos = _varint(gaps, pos)
+        doc += g
+        if doc >= first_doc + block:
+            break
+        if doc >= first_doc:
+            if mask == 0:
+                start = x
+            mask |= 1 << (doc - first_doc)
+        x += 1
+    return start, mask
 
 
 @nb.njit(inline="always", **_JIT)
-def _find_pair(t, b, pptr, pair_block):  # pragma: no cover
-    """The pair of word ``t`` for block ``b``, or -1."""
-    lo = pptr[t]
-    hi = pptr[t + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if pair_block[mid] < b:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < pptr[t + 1] and pair_block[lo] == b:
-        return lo
-    return -1
+def _ext_id(ids, dd):  # pragma: no cover
+    """External id of internal document ``dd`` (little-endian bytes, ``ids[dd, :]``)."""
+    v = np.uint64(0)
+    for j in range(ids.shape[1]):
+        v |= np.uint64(ids[dd, j]) << np.uint64(8 * j)
+    return np.int64(v)
 
 
 # ----------------------------------------------------------------------------- build
 @nb.njit(**_JIT)
 def build_postings(
-    indptr, terms, codes, n_terms, block, bound, dense_min, code_dtype_probe
+    indptr, terms, codes, n_terms, block, bound, row_ratio, code_dtype_probe
 ):  # pragma: no cover
     """Invert a CSR segment (rows in internal order, ``terms`` local ids, ``codes`` weights).
 
-    Returns ``tptr, post_code, dense_of, dub, dmask, dchk, pptr, pair_block, pair_bound,
-    pair_mask, pchk`` (see :mod:`lexlens.index.sparse`): the weight codes of every word's
-    postings in document order; for a word in at least ``dense_min`` blocks a dense row of
-    per-block bounds and document masks; for the others their blocks as pairs.
+    Returns ``tptr, post_code, dense_of, dub, dmask, dchk, sptr, gaps, cptr, cdoc, cpos``
+    (see :mod:`lexlens.index.sparse`): the weight codes of every word's postings in document
+    order; for each word either a dense row (per-block bound and document mask) or a list of
+    LEB128 document gaps with checkpoints, whichever is smaller (a row when its bytes are at
+    most ``row_ratio`` times the list's).
     """
     n_docs = indptr.shape[0] - 1
     nnz = terms.shape[0]
@@ -180,84 +217,76 @@ def build_postings(
             fill[t] += 1
             post_doc[x] = d
             post_code[x] = codes[j]
-    # blocks per word -> dense rows or pairs
-    n_pairs_of = np.zeros(n_terms, np.int64)
+    # bytes of each word as a gap list and as a dense row
+    list_bytes = np.zeros(n_terms, np.int64)
     for t in range(n_terms):
-        last = -1
+        prev = np.int64(-1)
         for x in range(tptr[t], tptr[t + 1]):
-            b = post_doc[x] // block
-            if b != last:
-                n_pairs_of[t] += 1
-                last = b
+            g = post_doc[x] - prev
+            prev = post_doc[x]
+            while g >= 128:
+                list_bytes[t] += 1
+                g >>= 7
+            list_bytes[t] += 1
+    row_bytes = 2 * n_blocks + 4 * (n_blocks // CHECK + 1)
     dense_of = np.full(n_terms, -1, np.int32)
-    pptr = np.zeros(n_terms + 1, np.int64)
+    sptr = np.zeros(n_terms + 1, np.int64)
+    cptr = np.zeros(n_terms + 1, np.int64)
     nd = 0
     for t in range(n_terms):
-        if n_pairs_of[t] >= dense_min:
+        n_chk = (tptr[t + 1] - tptr[t] + LIST_CHECK - 1) // LIST_CHECK
+        if row_bytes <= row_ratio * (list_bytes[t] + 8 * n_chk):
             dense_of[t] = nd
             nd += 1
-            pptr[t + 1] = pptr[t]
+            sptr[t + 1] = sptr[t]
+            cptr[t + 1] = cptr[t]
         else:
-            pptr[t + 1] = pptr[t] + n_pairs_of[t]
-    n_chk = n_blocks // CHECK + 1
+            sptr[t + 1] = sptr[t] + list_bytes[t]
+            cptr[t + 1] = cptr[t] + n_chk
+    n_chk_rows = n_blocks // CHECK + 1
     dub = np.zeros((nd, n_blocks), np.uint8)
     dmask = np.zeros((nd, n_blocks), np.uint8)
-    dchk = np.zeros((nd, n_chk), np.int64)
-    n_pairs = pptr[n_terms]
-    pair_block = np.empty(n_pairs, np.int32)
-    pair_bound = np.zeros(n_pairs, np.uint8)
-    pair_mask = np.zeros(n_pairs, np.uint8)
+    dchk = np.zeros((nd, n_chk_rows), np.int64)
+    gaps = np.empty(sptr[n_terms], np.uint8)
+    cdoc = np.empty(cptr[n_terms], np.int64)
+    cpos = np.empty(cptr[n_terms], np.int64)
     for t in range(n_terms):
         d = dense_of[t]
-        q = pptr[t] - 1
-        last = -1
-        for x in range(tptr[t], tptr[t + 1]):
-            doc = post_doc[x]
-            b = doc // block
-            bit = np.uint8(1 << (doc % block))
-            bc = bound[post_code[x]]
-            if d >= 0:
-                dmask[d, b] |= bit
+        if d >= 0:
+            for x in range(tptr[t], tptr[t + 1]):
+                doc = post_doc[x]
+                b = doc // block
+                dmask[d, b] |= np.uint8(1 << (doc % block))
+                bc = bound[post_code[x]]
                 if bc > dub[d, b]:
                     dub[d, b] = bc
-            else:
-                if b != last:
-                    q += 1
-                    pair_block[q] = b
-                    last = b
-                pair_mask[q] |= bit
-                if bc > pair_bound[q]:
-                    pair_bound[q] = bc
-        if d >= 0:
             run = tptr[t]
             for b in range(n_blocks):
                 if b % CHECK == 0:
                     dchk[d, b // CHECK] = run
                 run += _POPCOUNT[dmask[d, b]]
-    pchk = np.zeros(n_pairs // CHECK + 1, np.int64)
-    for t in range(n_terms):
-        run = tptr[t]
-        for p in range(pptr[t], pptr[t + 1]):
-            if p % CHECK == 0:
-                pchk[p // CHECK] = run
-            run += _POPCOUNT[pair_mask[p]]
-    return (
-        tptr,
-        post_code,
-        dense_of,
-        dub,
-        dmask,
-        dchk,
-        pptr,
-        pair_block,
-        pair_bound,
-        pair_mask,
-        pchk,
-    )
+        else:
+            pos = sptr[t]
+            c = cptr[t]
+            prev = np.int64(-1)
+            for x in range(tptr[t], tptr[t + 1]):
+                if (x - tptr[t]) % LIST_CHECK == 0:
+                    cdoc[c] = prev + 1
+                    cpos[c] = pos
+                    c += 1
+                g = post_doc[x] - prev
+                prev = post_doc[x]
+                while g >= 128:
+                    gaps[pos] = np.uint8((g & 127) | 128)
+                    pos += 1
+                    g >>= 7
+                gaps[pos] = np.uint8(g)
+                pos += 1
+    return tptr, post_code, dense_of, dub, dmask, dchk, sptr, gaps, cptr, cdoc, cpos
 
 
 @nb.njit(**_JIT)
-def decode_postings(tptr, dense_of, dmask, pptr, pair_block, pair_mask, block):  # pragma: no cover
+def decode_postings(tptr, dense_of, dmask, sptr, gaps, block):  # pragma: no cover
     """Internal document of every posting (inverse of :func:`build_postings`'s layout)."""
     docs = np.empty(tptr[tptr.shape[0] - 1], np.int64)
     for t in range(tptr.shape[0] - 1):
@@ -271,12 +300,12 @@ def decode_postings(tptr, dense_of, dmask, pptr, pair_block, pair_mask, block): 
                         docs[x] = b * block + off
                         x += 1
         else:
-            for p in range(pptr[t], pptr[t + 1]):
-                m = pair_mask[p]
-                for off in range(block):
-                    if (m >> off) & 1:
-                        docs[x] = np.int64(pair_block[p]) * block + off
-                        x += 1
+            pos = sptr[t]
+            doc = np.int64(-1)
+            for x in range(tptr[t], tptr[t + 1]):
+                g, pos = _varint(gaps, pos)
+                doc += g
+                docs[x] = doc
     return docs
 
 
@@ -330,14 +359,16 @@ def _score_block(
     loc,
     dloc,
     jsl,
-    pidx,
     qw,
     m,
+    ep,
+    slot,
     tptr,
-    pptr,
-    pair_block,
-    pair_mask,
-    pchk,
+    sptr,
+    gaps,
+    cptr,
+    cdoc,
+    cpos,
     dmask,
     dchk,
     post_code,
@@ -358,22 +389,22 @@ def _score_block(
         t = loc[j]
         d = dloc[j]
         if d >= 0:
-            mask = dmask[d, b]
+            mask = np.int64(dmask[d, b])
             if mask == 0:
                 continue
             start = _dense_start(d, b, dmask, dchk)
         else:
             js = jsl[j]
-            if js >= 0:  # this query's bound pass remembered the word's pair of each block
-                p = np.int64(pidx[js, b])
-                if p < pptr[t] or p >= pptr[t + 1] or pair_block[p] != b:
-                    continue  # a stale entry from another query: the word is not in b
+            if js >= 0:  # this query's bound pass remembered where the word is in block b
+                e = slot[js, b]
+                if (e >> _EPOCH_SHIFT) != ep:
+                    continue  # an entry of another query: the word is not in b
+                start = tptr[t] + ((e >> 8) & 0xFFFFFFFF)
+                mask = e & 255
             else:
-                p = _find_pair(t, b, pptr, pair_block)
-                if p < 0:
+                start, mask = _list_find(t, b, block, tptr, sptr, gaps, cptr, cdoc, cpos)
+                if mask == 0:
                     continue
-            mask = pair_mask[p]
-            start = _pair_start(t, p, tptr, pptr, pair_mask, pchk)
         w = qw[j]
         x = start
         for off in range(block):
@@ -389,8 +420,46 @@ def _score_block(
             dd = base + off
             if (dead[dd >> 3] >> (dd & 7)) & 1:
                 continue
-            size = _heap_push(hs_r, hi_r, size, k, np.float32(v), np.int64(ids[dd]))
+            size = _heap_push(hs_r, hi_r, size, k, np.float32(v), _ext_id(ids, dd))
     return scored, size
+
+
+@nb.njit(**_JIT)
+def _list_bounds(
+    t, js, qq, ep, tptr, sptr, gaps, post_code, btab, block, ub, slot
+):  # pragma: no cover
+    """Add list word ``t``'s per-block bounds (``qq`` x the bound of its largest code in the
+    block) to ``ub``; with a slot row ``js >= 0`` also remember, per block, where its postings
+    start and which documents have it."""
+    pos = sptr[t]
+    doc = np.int64(-1)
+    cur = np.int64(-1)
+    bend = np.int64(0)
+    mx = 0
+    msk = np.int64(0)
+    first = np.int64(0)
+    base = tptr[t]
+    for x in range(tptr[t], tptr[t + 1]):
+        g, pos = _varint(gaps, pos)
+        doc += g
+        if doc >= bend:
+            if cur >= 0:
+                ub[cur] += qq * np.uint32(btab[mx])
+                if js >= 0:
+                    slot[js, cur] = (ep << _EPOCH_SHIFT) | ((first - base) << 8) | msk
+            cur = doc // block
+            bend = (cur + 1) * block
+            mx = 0
+            msk = 0
+            first = x
+        c = post_code[x]
+        if c > mx:
+            mx = c
+        msk |= np.int64(1) << (doc - cur * block)
+    if cur >= 0:
+        ub[cur] += qq * np.uint32(btab[mx])
+        if js >= 0:
+            slot[js, cur] = (ep << _EPOCH_SHIFT) | ((first - base) << 8) | msk
 
 
 @nb.njit(**_JIT)
@@ -402,15 +471,16 @@ def search_segment(
     tptr,
     post_code,
     codebook,
+    btab,
     dense_of,
     dub,
     dmask,
     dchk,
-    pptr,
-    pair_block,
-    pair_bound,
-    pair_mask,
-    pchk,
+    sptr,
+    gaps,
+    cptr,
+    cdoc,
+    cpos,
     ids,
     dead,
     n_docs,
@@ -424,16 +494,19 @@ def search_segment(
     ub,
     cand_b,
     cand_v,
-    pidx,
+    slot,
+    epoch,
 ):  # pragma: no cover
     """Block-max search of one segment for every query row, updating the per-query heaps.
 
     ``q_terms`` (vocabulary ids, ascending per row) / ``q_weights`` (``float32``) is the query
     batch in CSR form; ``hs``/``hi``/``sizes`` are the heaps (``[n_q, k]`` scores and ids, and
-    how full each is) carried over from earlier segments.
+    how full each is) carried over from earlier segments. ``btab`` maps a weight code to its
+    8-bit bound.
 
     1. Upper bounds of all blocks in integers: ``sum_w ceil(q_w / u_q) * bound_w(block)``
-       (dense words as one vectorised pass each, the others through their pairs).
+       (a dense row as one vectorised pass; a list word by decoding its gaps, the bound of a
+       block being that of its largest code there).
     2. A threshold estimated from a sample of the bounds picks the few most promising
        blocks; they are scored first.
     3. Every other block whose bound reaches the ``k``-th score is scored, best bound first;
@@ -442,9 +515,9 @@ def search_segment(
 
     ``stats[r]`` receives (postings scored, blocks scored, postings in the query's lists).
     ``ub`` (``uint32``), ``cand_b`` and ``cand_v`` (``int64``) are scratch arrays of at least
-    one entry per block, ``pidx`` (``int32 [w, blocks]``) one row per word without dense
-    bounds (up to ``w`` of them); they are reused between calls (allocating them costs more
-    than the search) and need no clearing.
+    one entry per block, ``slot`` (``int64 [w, blocks]``) one row per list word (up to ``w``
+    of them) and ``epoch`` (``int64 [1]``) the serial number of its last use; they are reused
+    between calls (allocating them costs more than the search) and need no clearing.
     """
     n_blocks = (n_docs + block - 1) // block
     n_seg_terms = seg_terms.shape[0]
@@ -470,30 +543,30 @@ def search_segment(
                 m += 1
         if m == 0:
             continue
+        ep = epoch[0] + 1
+        if ep > _MAX_EPOCH:
+            slot[:, :] = 0
+            ep = 1
+        epoch[0] = ep
         # 1. integer upper bounds
         qunit = qmax / 255.0
         ub[:n_blocks] = 0
         jsl = np.full(m, -1, np.int64)
-        n_sparse = 0
+        n_list = 0
         for j in range(m):
             qq = np.uint32(min(255.0, np.ceil(qw[j] / qunit)))
             d = dloc[j]
-            t = loc[j]
             if d >= 0:
                 row = dub[d]
                 for b in range(n_blocks):
                     ub[b] += qq * np.uint32(row[b])
-            elif n_sparse < pidx.shape[0]:
-                jsl[j] = n_sparse
-                prow = pidx[n_sparse]
-                for p in range(pptr[t], pptr[t + 1]):
-                    b = pair_block[p]
-                    ub[b] += qq * np.uint32(pair_bound[p])
-                    prow[b] = p
-                n_sparse += 1
             else:
-                for p in range(pptr[t], pptr[t + 1]):
-                    ub[pair_block[p]] += qq * np.uint32(pair_bound[p])
+                js = -1
+                if n_list < slot.shape[0]:
+                    js = n_list
+                    n_list += 1
+                jsl[j] = js
+                _list_bounds(loc[j], js, qq, ep, tptr, sptr, gaps, post_code, btab, block, ub, slot)
         # a bound in score units, with a margin for the rounding of the float sums
         unit = qunit * vmax / 255.0 * (1.0 + 1e-6)
         top = np.uint32(0)
@@ -553,14 +626,16 @@ def search_segment(
                     loc,
                     dloc,
                     jsl,
-                    pidx,
                     qw,
                     m,
+                    ep,
+                    slot,
                     tptr,
-                    pptr,
-                    pair_block,
-                    pair_mask,
-                    pchk,
+                    sptr,
+                    gaps,
+                    cptr,
+                    cdoc,
+                    cpos,
                     dmask,
                     dchk,
                     post_code,
@@ -596,10 +671,11 @@ def lookup_weights(
     dense_of,
     dmask,
     dchk,
-    pptr,
-    pair_block,
-    pair_mask,
-    pchk,
+    sptr,
+    gaps,
+    cptr,
+    cdoc,
+    cpos,
     doc,
     block,
 ):  # pragma: no cover
@@ -613,14 +689,10 @@ def lookup_weights(
             continue
         d = dense_of[t]
         if d >= 0:
-            mask = dmask[d, b]
+            mask = np.int64(dmask[d, b])
             start = _dense_start(d, b, dmask, dchk)
         else:
-            p = _find_pair(t, b, pptr, pair_block)
-            if p < 0:
-                continue
-            mask = pair_mask[p]
-            start = _pair_start(t, p, tptr, pptr, pair_mask, pchk)
+            start, mask = _list_find(t, b, block, tptr, sptr, gaps, cptr, cdoc, cpos)
         if not (mask >> off) & 1:
             continue
         below = mask & ((1 << off) - 1)
