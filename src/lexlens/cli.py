@@ -875,6 +875,7 @@ class BenchSearchArgs:
     seed: int = 0
     batch_size: int = 64
     json: bool = False
+    sweep: str | None = None
 
 
 def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
@@ -906,6 +907,11 @@ def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of scenes, queries and synthesis")
     p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
     p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.add_argument(
+        "--sweep",
+        help="query-time values searched per kind, e.g. 'ef=16,64,256;budget=0.002,0.01' "
+        "(ef: hnsw, nprobe: ivf, budget: sparse, candidates: hybrid); gives latency/recall curves",
+    )
     p.set_defaults(
         _make=lambda ns: BenchSearchArgs(
             ns.model,
@@ -920,6 +926,7 @@ def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
             ns.seed,
             ns.batch_size,
             ns.json,
+            ns.sweep,
         ),
         _run=_run_bench_search,
     )
@@ -941,6 +948,7 @@ def _run_bench_search(a: BenchSearchArgs) -> int:
         seed=a.seed,
         batch_size=a.batch_size,
         progress=not a.json,
+        sweep=bs.parse_sweep(a.sweep),
     )
     log = None if a.json else (lambda line: print(line, file=sys.stderr, flush=True))
     result = bs.bench_search(cfg, log=log)

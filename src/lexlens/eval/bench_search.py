@@ -13,6 +13,20 @@ For each collection size ``N`` and each index spec, one run builds an in-memory 
   brute force on the same dense vectors, the exact sparse dot product, or the composite with
   exact children).
 
+Single-query latency is measured with one thread (faiss's OpenMP pool is set to 1 thread
+while it is measured; the sparse kernels are single-threaded), so kinds are compared per
+core; batched q/s uses the default thread count.
+
+**Query-time sweeps** (``sweep``, CLI ``--sweep "ef=16,64,256;budget=0.002,0.01"``): each
+kind is also searched with every listed value of the query-time parameters it takes, passed
+per call in :class:`~lexlens.index.base.SearchParams` (the index is never changed): ``ef``
+(HNSW efSearch) for specs with an ``hnsw`` part, ``nprobe`` for ``ivf``, ``budget`` (share
+of postings scored) for ``sparse``, ``candidates`` for ``hybrid``. Every point records
+latency and recall, giving a latency/recall curve per kind. :func:`compare_at_recall` then
+states, per ``N`` and per point of each ``sparse`` kind, the latency of each ``hnsw`` kind at
+the smallest efSearch whose recall is at least the sparse point's (or, when none reaches it,
+at its best recall), next to the sparse latency.
+
 **Gallery vectors.** The model encodes real scene images (``--data`` or freshly generated
 scenes) up to ``--encode`` of them. Larger ``N`` are filled with synthetic vectors of the same
 statistics, and the report says how many of each: a dense synthetic vector is a random encoded
@@ -36,13 +50,14 @@ RAM). Nothing runs in the background; runs are sequential.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +84,9 @@ __all__ = [
     "SYNTHETIC_MODEL",
     "bench_search",
     "bench_kind",
+    "SWEEP_PARAMS",
+    "parse_sweep",
+    "compare_at_recall",
     "markdown_table",
     "plot",
 ]
@@ -90,6 +108,8 @@ class BenchSearchConfig:
     seed: int = 0
     batch_size: int = 64
     progress: bool = True
+    #: query-time parameter -> values searched per kind (see module docstring)
+    sweep: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +182,81 @@ def _split_top(text: str, sep: str) -> list[str]:
             cur.append(ch)
     parts.append("".join(cur))
     return [p for p in parts if p.strip()]
+
+
+# ----------------------------------------------------------------------------- sweeps
+#: sweep name -> (SearchParams field, index kind it applies to, value type, default of the kind)
+SWEEP_PARAMS: dict[str, tuple[str, str, type, float]] = {
+    "ef": ("ef_search", "hnsw", int, 64),
+    "nprobe": ("nprobe", "ivf", int, 16),
+    "budget": ("sparse_budget", "sparse", float, 1.0),
+    "candidates": ("candidates", "hybrid", int, 0),
+}
+
+
+def parse_sweep(text: str | None) -> dict[str, list[float]]:
+    """``"ef=16,64,256;budget=0.002,0.01"`` -> ``{"ef": [16, 64, 256], "budget": [...]}``."""
+    out: dict[str, list[float]] = {}
+    for part in (text or "").split(";"):
+        if not part.strip():
+            continue
+        name, eq, values = part.partition("=")
+        name = name.strip().lower()
+        if not eq or name not in SWEEP_PARAMS:
+            raise UsageError(
+                f"bad --sweep item {part.strip()!r}; use NAME=V1,V2,... with NAME one of "
+                f"{', '.join(SWEEP_PARAMS)}"
+            )
+        typ = SWEEP_PARAMS[name][2]
+        vals: list[float] = []
+        for v in values.split(","):
+            try:
+                x = typ(float(v)) if typ is int else float(v)
+            except ValueError:
+                raise UsageError(f"bad --sweep value {v.strip()!r} for {name}") from None
+            if x <= 0 or (name == "budget" and x > 1):
+                raise UsageError(f"--sweep {name} values must be in range, got {v.strip()!r}")
+            vals.append(x)
+        out[name] = sorted(set(vals))
+    return out
+
+
+def _spec_kinds(spec: IndexSpec) -> set[str]:
+    kinds = {spec.kind}
+    for c in spec.children:
+        kinds |= _spec_kinds(c)
+    if spec.encoding is not None:
+        kinds |= _spec_kinds(spec.encoding)
+    return kinds
+
+
+def _default_value(spec: IndexSpec, name: str) -> float | None:
+    """The value a kind uses for sweep parameter ``name`` when none is passed (if it is set
+    by an option of the spec or a fixed default)."""
+    field_name, kind, typ, default = SWEEP_PARAMS[name]
+    option = {"ef": "ef", "nprobe": "nprobe", "budget": "budget", "candidates": "candidates"}
+    if spec.kind == kind:
+        v = spec.option(option[name], None)
+        return typ(v) if v is not None else (default or None)
+    return None
+
+
+def sweep_points(spec: IndexSpec, sweep: dict[str, list[float]]) -> list[tuple[str, float]]:
+    """The ``(parameter, value)`` pairs of ``sweep`` that apply to ``spec`` (not its default)."""
+    kinds = _spec_kinds(spec)
+    out = []
+    for name, values in sweep.items():
+        if SWEEP_PARAMS[name][1] not in kinds:
+            continue
+        default = _default_value(spec, name)
+        out += [(name, v) for v in values if default is None or v != default]
+    return out
+
+
+def _params(name: str | None, value: float | None) -> SearchParams:
+    if name is None:
+        return SearchParams()
+    return SearchParams(**{SWEEP_PARAMS[name][0]: value})
 
 
 # ----------------------------------------------------------------------------- memory
@@ -527,8 +622,10 @@ def bench_kind(
     k: int = 10,
     workdir: Path | None = None,
     progress: bool = False,
+    sweep: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Measure one index kind over ``items`` (see module docstring); ``exact_ids`` from exact search."""
+    """Measure one index kind over ``items`` (see module docstring); ``exact_ids`` from exact
+    search. ``sweep``: query-time parameter values measured as the row's ``curve``."""
     from lexlens.eval.metrics import ann_recall_at_k
     from lexlens.progress import progress_bar
 
@@ -559,7 +656,6 @@ def bench_kind(
         shutil.rmtree(tmp, ignore_errors=True)
 
     nq = len(queries)
-    params = SearchParams()
 
     def one(i: int) -> Vectors:
         return Vectors(
@@ -568,16 +664,14 @@ def bench_kind(
         )
 
     singles = [one(i) for i in range(nq)]
-    for q in singles[: min(5, nq)]:  # warm-up
-        kind.search(q, k, params)
-    lat = np.empty(nq)
-    for i, q in enumerate(singles):
-        t = time.perf_counter()
-        kind.search(q, k, params)
-        lat[i] = time.perf_counter() - t
+    point = _latency_recall(kind, singles, k, SearchParams(), exact_ids)
     t = time.perf_counter()
-    _, ids = kind.search(queries, k, params)
+    _, ids = kind.search(queries, k, SearchParams())
     batch_s = time.perf_counter() - t
+    curve = []
+    for name, value in sweep_points(spec, sweep or {}):
+        pt = _latency_recall(kind, singles, k, _params(name, value), exact_ids)
+        curve.append({"param": name, "value": value, **pt})
     return {
         "kind": str(spec),
         "n": n,
@@ -587,11 +681,54 @@ def bench_kind(
         "disk_bytes": int(disk),
         "memory_bytes": int(kind.memory_bytes()),
         "rss_delta_bytes": int(rss_delta),
+        **{key: v for key, v in point.items() if key != f"recall@{k}"},
+        "qps": float(nq / batch_s) if batch_s > 0 else float("inf"),
+        f"recall@{k}": ann_recall_at_k(ids, exact_ids, k),
+        "curve": curve,
+    }
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """faiss's OpenMP pool at one thread inside the block (single-query latency per core)."""
+    import sys
+
+    faiss = sys.modules.get("faiss")
+    if faiss is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _latency_recall(
+    kind: Any, singles: list[Vectors], k: int, params: SearchParams, exact_ids: np.ndarray
+) -> dict[str, float]:
+    """Single-query latency percentiles (one thread, after a warm-up) and recall@k of one
+    parameter setting."""
+    from lexlens.eval.metrics import ann_recall_at_k
+
+    nq = len(singles)
+    lat = np.empty(nq)
+    got = np.full((nq, k), -1, np.int64)
+    with _one_thread():
+        for q in singles[: min(5, nq)]:  # warm-up
+            kind.search(q, k, params)
+        for i, q in enumerate(singles):
+            t = time.perf_counter()
+            _, ids = kind.search(q, k, params)
+            lat[i] = time.perf_counter() - t
+            got[i, : ids.shape[1]] = ids[0]
+    return {
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p95_ms": float(np.percentile(lat, 95) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
-        "qps": float(nq / batch_s) if batch_s > 0 else float("inf"),
-        f"recall@{k}": ann_recall_at_k(ids, exact_ids, k),
+        "mean_ms": float(lat.mean() * 1e3),
+        f"recall@{k}": ann_recall_at_k(got, exact_ids, k),
     }
 
 
@@ -696,7 +833,9 @@ def bench_search(
                 exact_cache[key] = exact_search(spec, it, q, cfg.k, ctx)[1]
             if log:
                 log(f"N={n:,} {spec} ...")
-            row = bench_kind(spec, it, q, exact_cache[key], ctx, cfg.k, workdir, cfg.progress)
+            row = bench_kind(
+                spec, it, q, exact_cache[key], ctx, cfg.k, workdir, cfg.progress, cfg.sweep
+            )
             row["encoded"], row["synthetic"] = info["encoded"], info["synthetic"]
             rows.append(row)
             if log:
@@ -722,12 +861,63 @@ def bench_search(
             "platform": platform.platform(),
         },
         "max_memory_bytes": limit,
+        "sweep": cfg.sweep,
+        "latency_threads": 1,
     }
     add_flat_ratios(rows)
-    result = {"rows": rows, "meta": meta}
+    result = {"rows": rows, "meta": meta, "comparison": compare_at_recall(rows, cfg.k)}
     if cfg.out:
         write_outputs(result, Path(cfg.out))
     return result
+
+
+def curve_points(row: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """A row's latency/recall points: its default setting, then its sweep ``curve``; each with
+    ``param``, ``value`` (``None`` when the kind has no such default), ``p50_ms``, ``recall``."""
+    spec = parse_spec(row["kind"])
+    name = next((n for n, v in SWEEP_PARAMS.items() if v[1] == spec.kind), None)
+    default = _default_value(spec, name) if name else None
+    pts = [{"param": name, "value": default, "default": True, "p50_ms": row["p50_ms"],
+            "recall": row[f"recall@{k}"]}]  # fmt: skip
+    for c in row.get("curve", []):
+        pts.append({"param": c["param"], "value": c["value"], "default": False,
+                    "p50_ms": c["p50_ms"], "recall": c[f"recall@{k}"]})  # fmt: skip
+    return pts
+
+
+def compare_at_recall(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """For each ``N`` and each point of each ``sparse`` kind: each ``hnsw`` kind's latency at
+    the smallest efSearch whose recall@k is at least the sparse point's, or (``reached``
+    False) at its best recall when no efSearch measured reaches it."""
+    out = []
+    for sp in rows:
+        if parse_spec(sp["kind"]).kind != "sparse":
+            continue
+        for hn in rows:
+            if hn["n"] != sp["n"] or parse_spec(hn["kind"]).kind != "hnsw":
+                continue
+            h_pts = sorted(
+                (p for p in curve_points(hn, k) if p["param"] == "ef"), key=lambda p: p["value"]
+            )
+            for p in curve_points(sp, k):
+                ok = [h for h in h_pts if h["recall"] >= p["recall"]]
+                best = ok[0] if ok else max(h_pts, key=lambda h: (h["recall"], -h["value"]))
+                out.append(
+                    {
+                        "n": sp["n"],
+                        "sparse": sp["kind"],
+                        "budget": p["value"],
+                        "sparse_p50_ms": p["p50_ms"],
+                        "sparse_recall": p["recall"],
+                        "hnsw": hn["kind"],
+                        "ef": best["value"],
+                        "hnsw_p50_ms": best["p50_ms"],
+                        "hnsw_recall": best["recall"],
+                        "reached": bool(ok),
+                        "sparse_faster": p["p50_ms"] < best["p50_ms"],
+                    }
+                )
+    return out
 
 
 def add_flat_ratios(rows: list[dict[str, Any]]) -> None:
@@ -896,9 +1086,43 @@ def markdown_table(result: dict[str, Any]) -> str:
             "\\* not trained: fewer items than the kind trains on, so they are searched exactly."
         )
     lines.append(
-        f"{meta['queries']} queries; latency is one query at a time, q/s one batch of all queries; "
-        f"recall@{k} against exact search; {meta['machine']['cpus']} CPUs."
+        f"{meta['queries']} queries; latency is one query at a time on one thread, q/s one batch "
+        f"of all queries; recall@{k} against exact search; {meta['machine']['cpus']} CPUs."
     )
+    curves = [r for r in result["rows"] if r.get("curve")]
+    if curves:
+        lines += ["", "Latency/recall curves (query-time parameters passed per call):", ""]
+        lines += ["| N | kind | setting | p50 ms | p95 ms | mean ms | recall@k |".replace("@k", f"@{k}"),
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in curves:
+            pts = [("default", r)] + [(f"{c['param']}={c['value']:g}", c) for c in r["curve"]]
+            for label, c in pts:
+                lines.append(
+                    f"| {r['n']:,} | `{r['kind']}` | {label} | {c['p50_ms']:.3f} | "
+                    f"{c['p95_ms']:.3f} | {c.get('mean_ms', float('nan')):.3f} | "
+                    f"{c[f'recall@{k}']:.1f} |"
+                )
+    comp = result.get("comparison") or []
+    if comp:
+        lines += [
+            "",
+            "Sparse vs HNSW at equal or better recall (single-query p50, one thread):",
+            "",
+        ]
+        lines += [
+            "| N | sparse setting | sparse p50 ms | recall | HNSW | smallest ef reaching it | "
+            "HNSW p50 ms | HNSW recall | sparse faster |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in comp:
+            ef = f"{c['ef']:g}" if c["reached"] else f"none (best: ef={c['ef']:g})"
+            lines.append(
+                f"| {c['n']:,} | `{c['sparse']}` budget={c['budget']:g} | "
+                f"{c['sparse_p50_ms']:.3f} | {c['sparse_recall']:.1f} | `{c['hnsw']}` | {ef} | "
+                f"{c['hnsw_p50_ms']:.3f} | {c['hnsw_recall']:.1f} | "
+                f"{'yes' if c['sparse_faster'] else 'no'} "
+                f"({c['hnsw_p50_ms'] / max(c['sparse_p50_ms'], 1e-9):.2f}x) |"
+            )
     return "\n".join(lines)
 
 
@@ -909,7 +1133,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    has_curves = any(r.get("curve") for r in result["rows"])
+    fig, axes = plt.subplots(1, 3 if has_curves else 2, figsize=(16 if has_curves else 11, 4))
+    ax1, ax2 = axes[0], axes[1]
     kinds = list(dict.fromkeys(r["kind"] for r in result["rows"]))
     for kind in kinds:
         rows = sorted((r for r in result["rows"] if r["kind"] == kind), key=lambda r: r["n"])
@@ -927,6 +1153,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=8)
+    if has_curves:
+        ax3 = axes[2]
+        k = result["meta"]["k"]
+        n_max = max(r["n"] for r in result["rows"])
+        for r in result["rows"]:
+            if r["n"] != n_max:
+                continue
+            pts = sorted(curve_points(r, k), key=lambda p: p["p50_ms"])
+            ax3.plot([p["p50_ms"] for p in pts], [p["recall"] for p in pts], marker="o",
+                     label=r["kind"])  # fmt: skip
+        ax3.set_xscale("log")
+        ax3.set_xlabel("p50 ms (one thread)")
+        ax3.set_ylabel(f"recall@{k}")
+        ax3.set_title(f"latency / recall at N={n_max:,}")
+        ax3.grid(True, which="both", alpha=0.3)
+        ax3.legend(fontsize=8)
     fig.suptitle(f"lexlens bench search: {result['meta']['model']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
