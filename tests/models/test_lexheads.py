@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_hf_backend import clip_dir  # noqa: E402, F401 (a fixture)
+from test_hf_backend import clip_dir, siglip_dir  # noqa: E402, F401 (fixtures)
 from test_openclip_backend import ARCH, TINY  # noqa: E402
 
 from lexlens.cli import main  # noqa: E402
@@ -208,8 +208,9 @@ def test_sparse_and_hybrid_indexes_over_the_heads(tiny, trained, tmp_path, mode)
     assert got.ids[0].tolist() == [sharing[j] for j in order][:3]
 
 
-def test_hf_heads_train_save_and_load(clip_dir, tiny, tmp_path):  # noqa: F811
-    out_dir, model, _, _ = clip_dir
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_hf_heads_train_save_and_load(family, request, tiny, tmp_path):
+    out_dir, model = request.getfixturevalue(f"{family}_dir")[:2]
     data = tiny[4]
     enc = attach_heads(load_encoder(f"hf:{out_dir}"), _texts(data), top_k_text=8)
     assert enc.net.towers.pooled_only == (False, False)
@@ -262,3 +263,51 @@ def test_lexical_heads_needs_an_openclip_or_hf_model_and_one_objective(tiny, tra
         train(enc, tiny[4], _cfg(objective="lexlip", epochs=1), tmp_path / "x", progress=False)
     with pytest.raises(UsageError, match="already has lexicon heads"):
         attach_heads(enc, ["a red circle"])
+
+
+def test_resume_reads_a_heads_only_checkpoint(tiny, tmp_path):
+    """The checkpoint holds the heads, not the frozen encoder; resuming gives the same heads."""
+    spec, _, _, _, data = tiny
+    cfg = _cfg(epochs=2)
+
+    def fresh():
+        return attach_heads(load_encoder(spec), _texts(data))
+
+    a = fresh()
+    train(a, data, cfg, tmp_path / "a", progress=False)
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert set(ck["model"]) == set(a.net.heads_state())
+    train(fresh(), data, replace(cfg, stop_after=2), tmp_path / "b", progress=False)
+    b = fresh()
+    s = train(b, data, cfg, tmp_path / "b", resume=True, progress=False)
+    assert s["steps"] == 4
+    for k, v in a.net.heads_state().items():
+        torch.testing.assert_close(b.net.heads_state()[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tower_without_token_states_feeds_its_pooled_embedding(tiny, tmp_path):
+    """An open_clip ResNet image tower: its pooled embedding is the one image state."""
+    oc = backend.import_open_clip()
+    rn = {**TINY, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8}}
+    cfg = tmp_path / "lexlens-test-tiny-rn.json"
+    cfg.write_text(json.dumps(rn))
+    oc.add_model_config(cfg)
+    torch.manual_seed(3)
+    torch.save(oc.create_model("lexlens-test-tiny-rn").state_dict(), tmp_path / "rn.pt")
+    data = tiny[4]
+    enc = attach_heads(load_encoder(f"openclip:{cfg}:{tmp_path / 'rn.pt'}"), _texts(data))
+    assert enc.net.towers.pooled_only == (True, False) and enc.cfg.image_dim == 16
+    s = train(enc, data, _cfg(epochs=1), tmp_path / "run", progress=False)
+    assert all(np.isfinite(v) for v in s["final_loss"].values())
+    px = np.random.default_rng(5).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        pooled = enc.inner.trainable().image_features(torch.from_numpy(px))
+        want = enc.net.image_lexical(pooled[:, None]).numpy()
+    full = LexHeadsEncoder(enc.inner, enc.net, replace(enc.cfg, top_k_image=10**6, quant_bits=0))
+    got = full.encode_images_lexical(list(px)).to_dense()[:, enc.cfg.active_ids]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    enc.save(tmp_path / "m")
+    _same(
+        load_encoder(f"openclip:{tmp_path / 'm'}").encode_images_lexical(list(px)),
+        enc.encode_images_lexical(list(px)),
+    )

@@ -99,6 +99,7 @@ def build_heads_net(dense: Any, cfg: HeadsConfig) -> Any:
             self.free_table = build_inference_free_table(n_active)
             self.lex_logit_scale = nn.Parameter(torch.tensor(0.0))
             self.free_logit_scale = nn.Parameter(torch.tensor(0.0))
+            self.dense.eval()
 
         def train(self, mode: bool = True) -> LexHeadsNet:
             super().train(mode)
@@ -337,7 +338,7 @@ def attach_heads(
     dense = _inner_module(encoder)
     from lexlens.models.frozen_towers import frozen_towers
 
-    towers = frozen_towers(dense)
+    towers = frozen_towers(dense.eval())
     table = towers.embedding_table()
     special = towers.special_ids
     ids: set[int] = set()

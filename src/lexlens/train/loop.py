@@ -246,11 +246,15 @@ def evaluate_pairs(encoder: Any, data: PairSet, lexical: bool = True) -> dict[st
     return out
 
 
-def _save_checkpoint(path: Path, net: Any, opt: Any, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    path: Path, net: Any, opt: Any, state: dict[str, Any], heads: bool = False
+) -> None:
+    """Weights (``heads``: only the lexicon heads, not the frozen encoder), optimiser, state."""
     import torch
 
+    weights = net.heads_state() if heads else net.state_dict()
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), **state}, tmp)
+    torch.save({"model": weights, "optimizer": opt.state_dict(), **state}, tmp)
     os.replace(tmp, path)
 
 
@@ -307,7 +311,7 @@ def train(
         if not ckpt_path.is_file():
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["model"])
+        net.load_state_dict(ck["model"], strict=not heads)  # heads: the encoder is not saved
         opt.load_state_dict(ck["optimizer"])
         step, history, seconds = int(ck["step"]), list(ck["history"]), float(ck.get("seconds", 0.0))
         if "siglip_bias" in ck:
@@ -383,7 +387,7 @@ def train(
                 )
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    _save_checkpoint(ckpt_path, net, opt, state())
+                    _save_checkpoint(ckpt_path, net, opt, state(), heads)
                 if cfg.stop_after and step >= cfg.stop_after:
                     break
             if in_epoch >= steps_per_epoch:  # an epoch ended
@@ -396,11 +400,11 @@ def train(
                     _train_mode(net, heads_only)
                 history.append(entry)
                 say(_epoch_line(entry))
-                _save_checkpoint(ckpt_path, net, opt, state())
+                _save_checkpoint(ckpt_path, net, opt, state(), heads)
             if cfg.stop_after and step >= cfg.stop_after:
                 break
     net.eval()
-    _save_checkpoint(ckpt_path, net, opt, state())
+    _save_checkpoint(ckpt_path, net, opt, state(), heads)
     elapsed = seconds + time.perf_counter() - t_start
     return {
         "steps": step,
