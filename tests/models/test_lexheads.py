@@ -263,6 +263,13 @@ def test_lexical_heads_needs_an_openclip_or_hf_model_and_one_objective(tiny, tra
         train(enc, tiny[4], _cfg(objective="lexlip", epochs=1), tmp_path / "x", progress=False)
     with pytest.raises(UsageError, match="already has lexicon heads"):
         attach_heads(enc, ["a red circle"])
+    from lexlens.train.api import TrainRequest, run_training
+
+    spec, scenes = f"lexical(topk=6,nref=8,words=scenes):{tiny[0]}", str(tiny[3])
+    req = TrainRequest(str(tmp_path / "y"), data=scenes, model=spec)
+    req.overrides = {"objective": "lexical-heads", "epochs": 1}
+    with pytest.raises(UsageError, match="cannot be trained; train the model it wraps"):
+        run_training(req, progress=False)
 
 
 def test_resume_reads_a_heads_only_checkpoint(tiny, tmp_path):

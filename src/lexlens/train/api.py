@@ -76,13 +76,13 @@ def run_training(
 
         texts = [c for caps in data.captions for c in caps]
         encoder = build_native(fresh, texts=texts)
-    native = hasattr(encoder.trainable(), "image_states")
+    try:
+        native = hasattr(encoder.trainable(), "image_states")
+    except NotImplementedError as e:  # e.g. a lexical: adapter: its inner model trains
+        raise UsageError(f"{e}; train the model it wraps instead") from None
     objective = req.overrides.get("objective") or ("lexlip" if native else "clip")
-    if objective == "lexical-heads" and not native and not encoder.has_lexical:
-        from lexlens.models.lexheads import attach_heads
-
-        seed = int(req.overrides.get("seed") or 0)
-        encoder = attach_heads(encoder, [c for caps in data.captions for c in caps], seed=seed)
+    if objective == "lexical-heads" and not native:
+        encoder = _with_lexicon_heads(encoder, data, req)
     cfg = replace(
         TrainConfig(objective=objective),
         **{k: v for k, v in req.overrides.items() if k != "objective"},
@@ -109,6 +109,21 @@ def _starting_model(req: TrainRequest) -> tuple[Any, str | None]:
         return load_encoder(req.model), None
     config = req.config or "scenes-mini"
     return build_native(config), config
+
+
+def _with_lexicon_heads(encoder: Any, data: Any, req: TrainRequest) -> Any:
+    """An ``openclip:``/``hf:`` ``encoder`` with lexicon heads to train: its saved ones, or new
+    ones over the word pieces of the training captions (:mod:`lexlens.models.lexheads`)."""
+    from lexlens.models.lexheads import LexHeadsEncoder, attach_heads
+
+    if isinstance(encoder, LexHeadsEncoder):
+        return encoder
+    if encoder.has_lexical:
+        raise UsageError(
+            f"lexical-heads fits heads on a dense model; give the model inside {req.model}"
+        )
+    texts = [c for caps in data.captions for c in caps]
+    return attach_heads(encoder, texts, seed=int(req.overrides.get("seed") or 0))
 
 
 def _spec_of_saved(encoder: Any, out: str) -> str:
