@@ -166,3 +166,34 @@ def test_every_objective_trains_a_step(objective, tiny_set, tmp_path) -> None:
             k.startswith(("image_lex.", "text_lex.", "free_table.", "lex_logit", "free_logit"))
             for k in changed
         )
+
+
+def test_training_swaps_change_one_attribute_and_are_false():
+    import random
+
+    from lexlens.data import scenes as S
+    from lexlens.train.data import training_swaps
+
+    def details(m):
+        out = {k: m[k] for k in ("place", "relation", "count") if k in m}
+        for i, o in enumerate(m["objects"]):
+            out.update({(i, k): v for k, v in o.items()})
+        return out
+
+    rng = random.Random(7)
+    flips = 0
+    for kind in S.KINDS * 30:
+        scene = S.sample_scene(rng, kind)
+        _, metas, _ = S.write_captions(scene, rng)
+        for m in metas:
+            swaps = training_swaps(m, scene, rng)
+            assert swaps
+            for x in swaps:
+                assert not S.caption_fits(x, scene)
+                if x["objects"] == m["objects"][::-1] and len(m["objects"]) == 2:
+                    flips += 1  # the relation flipped by swapping the objects' order
+                    continue
+                a, b = details(m), details(x)
+                assert a.keys() == b.keys()
+                assert sum(a[k] != b[k] for k in a) == 1
+    assert flips >= 30 * 5 * 0.9

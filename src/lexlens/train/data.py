@@ -8,7 +8,7 @@ Two sources:
   negatives become hard negatives of each image's first caption.
 * :func:`pairs_from_scenes`: scenes generated in memory for the training recipe. Each image
   is rendered at a random size (48 to 128 px) and resized with a random filter, as other
-  renderers would, and every caption gets its one-attribute swaps as hard negatives.
+  renderers would, and every caption gets one-attribute swaps as hard negatives (:func:`training_swaps`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from lexlens.errors import DataError
 from lexlens.models.base import PreprocessConfig
 
-__all__ = ["PairSet", "pairs_from_dataset", "pairs_from_scenes", "batch_fits"]
+__all__ = ["PairSet", "pairs_from_dataset", "pairs_from_scenes", "training_swaps", "batch_fits"]
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _scene_chunk(
         texts, metas, styles = S.write_captions(scene, rng)
         negs: list[list[str]] = []
         for m, st, t in zip(metas, styles, texts, strict=True):
-            cand = [S.realise(x, st) for x in S.swap_negatives(m, scene, rng)]
+            cand = [S.realise(x, st) for x in training_swaps(m, scene, rng)]
             negs.append(sorted({c for c in cand if c != t}))
         render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
         im = S.render_scene(scene, render, rng)
@@ -170,6 +170,65 @@ def _scene_chunk(
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
         out.append((arr, texts, metas, scene, negs))
     return out
+
+
+# shapes a small renderer confuses most: each is swapped for its look-alikes first
+_LOOKALIKE = {
+    "circle": ("hexagon", "pentagon"),
+    "hexagon": ("circle", "pentagon"),
+    "pentagon": ("hexagon", "circle"),
+    "star": ("triangle", "cross"),
+    "triangle": ("star", "diamond"),
+    "cross": ("star", "square"),
+    "diamond": ("square", "triangle"),
+    "square": ("diamond", "cross"),
+}
+
+
+def training_swaps(
+    meaning: dict[str, Any], scene: dict[str, Any], rng: random.Random
+) -> list[dict[str, Any]]:
+    """Hard-negative meanings for training: one attribute changed, false of ``scene``.
+
+    Richer than the evaluation's one swap per attribute (``swap_negatives``): every object's
+    shape is swapped for its two look-alikes and one random other shape, its colour and size
+    once; a relation is flipped in both word orders ("A right of B", "B left of A"), since the
+    flip is the hardest swap and caption pools are sampled uniformly; a place and a count are
+    changed once.
+    """
+    import copy
+
+    from lexlens.data import scenes as S
+
+    out: list[dict[str, Any]] = []
+
+    def variant(change: Any) -> None:
+        m = copy.deepcopy(meaning)
+        change(m)
+        out.append(m)
+
+    for i, d in enumerate(meaning["objects"]):
+        if "shape" in d:
+            others = [v for v in S.SHAPES if v != d["shape"] and v not in _LOOKALIKE[d["shape"]]]
+            for v in (*_LOOKALIKE[d["shape"]], rng.choice(others)):
+                variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("shape", v))
+        if "colour" in d:
+            v = rng.choice([c for c in S.COLOURS if c != d["colour"]])
+            variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("colour", v))
+        if "size" in d:
+            v = "small" if d["size"] == "large" else "large"
+            variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("size", v))
+    if "relation" in meaning:
+        flipped = S.INVERSE_RELATION[meaning["relation"]]
+        variant(lambda m: m.__setitem__("relation", flipped))
+        variant(lambda m: m.update(objects=m["objects"][::-1]))
+    if "place" in meaning:
+        v = rng.choice([p for p in S.PLACES if p != meaning["place"]])
+        variant(lambda m: m.__setitem__("place", v))
+    if "count" in meaning:
+        v = rng.choice([c for c in S.COUNTS if c != meaning["count"]])
+        variant(lambda m: m.__setitem__("count", v))
+    return [m for m in out if not S.caption_fits(m, scene)]
 
 
 def pairs_from_scenes(
