@@ -263,6 +263,8 @@ def test_topk_and_q8_options() -> None:
 def test_spec_options_and_bad_input(data) -> None:
     items, queries, ids = data
     assert str(parse_spec("sparse(budget=0.05,block=8)")) == "sparse(budget=0.05,block=8)"
+    assert str(parse_spec("sparse(topk=24,q8)")) == "sparse(topk=24,q8)"
+    assert create_kind(parse_spec("sparse(topk=24)"), KindContext(vocab_size=VOCAB)).topk == 24
     for bad in (
         "sparse(budget=2)",
         "sparse(block=0)",
