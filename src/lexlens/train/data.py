@@ -202,32 +202,28 @@ def training_swaps(
 
     out: list[dict[str, Any]] = []
 
-    def variant(change: Any) -> None:
+    def swap(key: str, value: Any, obj: int | None = None) -> None:
+        """A copy of ``meaning`` with ``key`` (of object ``obj``, or of the whole) set to ``value``."""
         m = copy.deepcopy(meaning)
-        change(m)
+        (m if obj is None else m["objects"][obj])[key] = value
         out.append(m)
 
     for i, d in enumerate(meaning["objects"]):
         if "shape" in d:
             others = [v for v in S.SHAPES if v != d["shape"] and v not in _LOOKALIKE[d["shape"]]]
             for v in (*_LOOKALIKE[d["shape"]], rng.choice(others)):
-                variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("shape", v))
+                swap("shape", v, i)
         if "colour" in d:
-            v = rng.choice([c for c in S.COLOURS if c != d["colour"]])
-            variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("colour", v))
+            swap("colour", rng.choice([c for c in S.COLOURS if c != d["colour"]]), i)
         if "size" in d:
-            v = "small" if d["size"] == "large" else "large"
-            variant(lambda m, i=i, v=v: m["objects"][i].__setitem__("size", v))
+            swap("size", "small" if d["size"] == "large" else "large", i)
     if "relation" in meaning:
-        flipped = S.INVERSE_RELATION[meaning["relation"]]
-        variant(lambda m: m.__setitem__("relation", flipped))
-        variant(lambda m: m.update(objects=m["objects"][::-1]))
+        swap("relation", S.INVERSE_RELATION[meaning["relation"]])
+        swap("objects", copy.deepcopy(meaning["objects"][::-1]))
     if "place" in meaning:
-        v = rng.choice([p for p in S.PLACES if p != meaning["place"]])
-        variant(lambda m: m.__setitem__("place", v))
+        swap("place", rng.choice([p for p in S.PLACES if p != meaning["place"]]))
     if "count" in meaning:
-        v = rng.choice([c for c in S.COUNTS if c != meaning["count"]])
-        variant(lambda m: m.__setitem__("count", v))
+        swap("count", rng.choice([c for c in S.COUNTS if c != meaning["count"]]))
     return [m for m in out if not S.caption_fits(m, scene)]
 
 
