@@ -22,9 +22,8 @@ then loads the dense model with its heads (:func:`load_heads`), dense output unc
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, SparseBatch
+from lexlens.models.lexicon import LexicalEncoding, piece_presence
 from lexlens.models.native_config import LexiconConfig
 
 __all__ = [
@@ -150,11 +150,7 @@ def build_heads_net(dense: Any, cfg: HeadsConfig) -> Any:
             """``[b, V_active]`` 0/1: the active word pieces among each text's real tokens."""
             ids = tokens["input_ids"]
             pos = self.active_lut[ids.clamp(0, cfg.vocab_size - 1)]
-            real = self.towers.mask(tokens) > 0
-            pos = torch.where(real & (pos >= 0), pos, torch.full_like(pos, -1))
-            out = torch.zeros(ids.shape[0], n_active + 1)
-            out.scatter_(1, pos + 1, 1.0)  # column 0 collects the inactive ones
-            return out[:, 1:]
+            return piece_presence(pos, self.towers.mask(tokens) > 0, n_active)
 
         def text_lexical_free(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.free_table(self.text_presence(tokens))
@@ -166,7 +162,7 @@ def build_heads_net(dense: Any, cfg: HeadsConfig) -> Any:
     return LexHeadsNet()
 
 
-class LexHeadsEncoder(Encoder):
+class LexHeadsEncoder(LexicalEncoding, Encoder):
     """A dense ``openclip:`` / ``hf:`` encoder plus lexicon heads (lexical output, both query modes).
 
     Dense embeddings are the inner encoder's own; :meth:`trainable` is the heads module (with
@@ -206,39 +202,12 @@ class LexHeadsEncoder(Encoder):
     def lexical_query_modes(self) -> tuple[str, ...]:
         return QUERY_MODES
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        import torch
-
-        was = self.net.training
-        self.net.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.net.train(was)
-
     def _sparse(self, w: np.ndarray, top_k: int) -> SparseBatch:
         from lexlens.models.lexicon import to_sparse_batch
 
         c = self.cfg
         return to_sparse_batch(
             w, self._active, c.vocab_size, top_k, c.quant_max, c.quant_bits, vocab=self.vocab
-        )
-
-    def _batches(self, n: int, batch_size: int, desc: str, unit: str, progress: bool) -> Any:
-        from lexlens.progress import progress_bar
-
-        with progress_bar(n, desc, unit, progress) as bar:
-            for a in range(0, n, batch_size):
-                yield a, min(n, a + batch_size)
-                bar.update(min(n, a + batch_size) - a)
-
-    def _concat(self, parts: list[SparseBatch]) -> SparseBatch:
-        return (
-            SparseBatch.concat(parts)
-            if parts
-            else self._sparse(np.zeros((0, len(self._active))), 1)
         )
 
     def encode_images_lexical(

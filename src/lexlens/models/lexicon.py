@@ -15,7 +15,8 @@ word-piece vocabulary (top-k per row).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "build_lexicon_head",
     "build_inference_free_table",
     "flops_regularizer",
+    "piece_presence",
+    "LexicalEncoding",
 ]
 
 
@@ -184,3 +187,60 @@ def build_inference_free_table(n_active: int) -> Any:
 def flops_regularizer(w: Any) -> Any:
     """FLOPS regulariser (Paria et al. 2020): ``sum_j (mean_i w[i, j])^2`` for ``w [b, V]``."""
     return (w.abs().mean(dim=0) ** 2).sum()
+
+
+def piece_presence(pos: Any, real: Any, n_active: int) -> Any:
+    """Which active word pieces occur in each text: ``[b, V_active]`` of 0/1.
+
+    ``pos [b, L]``: each token's position in the active set (-1 when inactive); ``real
+    [b, L]`` (bool): the real (not padding) tokens.
+    """
+    import torch
+
+    pos = torch.where(real & (pos >= 0), pos, torch.full_like(pos, -1))
+    out = torch.zeros(pos.shape[0], n_active + 1, device=pos.device)
+    out.scatter_(1, pos + 1, 1.0)  # column 0 collects the inactive ones
+    return out[:, 1:]
+
+
+class LexicalEncoding:
+    """Inference helpers shared by encoders with torch lexicon heads (``self.net``,
+    ``self._active`` and a ``self._sparse(weights, top_k)``)."""
+
+    net: Any
+    _active: np.ndarray
+
+    def _sparse(self, w: np.ndarray, top_k: int) -> SparseBatch:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """No gradients and eval mode (batch-norm statistics), the caller's mode restored."""
+        import torch
+
+        was = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.net.train(was)
+
+    def _batches(
+        self, n: int, batch_size: int, desc: str, unit: str, progress: bool
+    ) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of each batch, with a progress bar over ``n`` items."""
+        from lexlens.progress import progress_bar
+
+        with progress_bar(n, desc, unit, progress) as bar:
+            for a in range(0, n, batch_size):
+                yield a, min(n, a + batch_size)
+                bar.update(min(n, a + batch_size) - a)
+
+    def _concat(self, parts: list[SparseBatch]) -> SparseBatch:
+        """The batches' rows in order (an empty batch over the vocabulary when none)."""
+        return (
+            SparseBatch.concat(parts)
+            if parts
+            else self._sparse(np.zeros((0, len(self._active))), 1)
+        )

@@ -20,9 +20,8 @@ starts from there).
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, PreprocessConfig, SparseBatch
+from lexlens.models.lexicon import LexicalEncoding, piece_presence
 from lexlens.models.native_config import (
     NativeConfig,
     config_from_dict,
@@ -230,11 +230,7 @@ def build_net(cfg: NativeConfig, active_ids: Sequence[int]) -> Any:
         def text_presence(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             """Which active word pieces occur in each text: ``[b, V_active]`` of 0/1."""
             ids, mask = tokens["input_ids"], tokens["attention_mask"]
-            pos = self.active_lut[ids]  # [b, L], -1 when inactive
-            pos = torch.where((mask > 0) & (pos >= 0), pos, torch.full_like(pos, -1))
-            out = torch.zeros(ids.shape[0], len(self.active_ids) + 1, device=ids.device)
-            out.scatter_(1, pos + 1, 1.0)  # column 0 collects the inactive ones
-            return out[:, 1:]
+            return piece_presence(self.active_lut[ids], mask > 0, len(self.active_ids))
 
         def text_lexical_free(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             """Inference-free query weights ``[b, V_active]`` (no network)."""
@@ -281,7 +277,7 @@ def _default_active_words() -> list[str]:
     return words
 
 
-class NativeEncoder(Encoder):
+class NativeEncoder(LexicalEncoding, Encoder):
     """A native dual encoder ready for inference (and training through :meth:`trainable`)."""
 
     def __init__(
@@ -301,17 +297,6 @@ class NativeEncoder(Encoder):
         self._torch = torch
 
     # -- dense ---------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """No gradients and eval mode (batch-norm statistics), the caller's mode restored."""
-        was = self.net.training
-        self.net.eval()
-        try:
-            with self._torch.no_grad():
-                yield
-        finally:
-            self.net.train(was)
-
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
         with self._inference():
             return self.net.image_features(self._torch.from_numpy(pixels)).float().numpy()
@@ -354,23 +339,15 @@ class NativeEncoder(Encoder):
         self, images: Sequence[ImageInput], batch_size: int = 64, progress: bool = False
     ) -> SparseBatch:
         """Sparse word-piece weights of images (top-k per image, 8-bit levels)."""
-        from lexlens.progress import progress_bar
-
         self._require_lexical()
         images = list(images)
         parts = []
-        with progress_bar(len(images), "lexical images", "img", progress) as bar:
-            for a in range(0, len(images), batch_size):
-                px = self._torch.from_numpy(self._to_pixels(images[a : a + batch_size]))
-                with self._inference():
-                    w = self.net.image_lexical(self.net.image_states(px)).float().numpy()
-                parts.append(self._sparse(w, self.cfg.lexicon.top_k_image))
-                bar.update(len(w))
-        return (
-            SparseBatch.concat(parts)
-            if parts
-            else self._sparse(np.zeros((0, len(self._active))), 1)
-        )
+        for a, b in self._batches(len(images), batch_size, "lexical images", "img", progress):
+            px = self._torch.from_numpy(self._to_pixels(images[a:b]))
+            with self._inference():
+                w = self.net.image_lexical(self.net.image_states(px)).float().numpy()
+            parts.append(self._sparse(w, self.cfg.lexicon.top_k_image))
+        return self._concat(parts)
 
     def encode_texts_lexical(
         self,
@@ -380,29 +357,20 @@ class NativeEncoder(Encoder):
         mode: str = "encoder",
     ) -> SparseBatch:
         """Sparse word-piece weights of texts; ``mode`` is one of :data:`QUERY_MODES`."""
-        from lexlens.progress import progress_bar
-
         self._require_lexical()
         self.check_query_mode(mode)
         texts = [str(t) for t in texts]
         parts = []
-        with progress_bar(len(texts), "lexical texts", "txt", progress) as bar:
-            for a in range(0, len(texts), batch_size):
-                tok = self.net.tokenize(texts[a : a + batch_size])
-                with self._inference():
-                    if mode == "encoder":
-                        st = self.net.text_states(tok)
-                        w = self.net.text_lexical(st, tok["attention_mask"])
-                    else:
-                        w = self.net.text_lexical_free(tok)
-                w = w.float().numpy()
-                parts.append(self._sparse(w, self.cfg.lexicon.top_k_text))
-                bar.update(len(w))
-        return (
-            SparseBatch.concat(parts)
-            if parts
-            else self._sparse(np.zeros((0, len(self._active))), 1)
-        )
+        for a, b in self._batches(len(texts), batch_size, "lexical texts", "txt", progress):
+            tok = self.net.tokenize(texts[a:b])
+            with self._inference():
+                if mode == "encoder":
+                    st = self.net.text_states(tok)
+                    w = self.net.text_lexical(st, tok["attention_mask"])
+                else:
+                    w = self.net.text_lexical_free(tok)
+            parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
+        return self._concat(parts)
 
     # -- training / saving ------------------------------------------------------------
     def trainable(self) -> Any:
