@@ -23,6 +23,11 @@ Results follow the one contract (:mod:`lexlens.results`): ``scores[n, k]``, ``id
 ``-1`` for missing, ties by ``(-score, id)``. ``where`` filters and ``min_score`` apply
 before the cut to ``k``: the kind is asked for more candidates (4x, 16x, ...) until ``k``
 results pass or the index is exhausted, so ``k`` results come back whenever they exist.
+
+``explain=True`` gives each hit of a lexical index the word pieces it shares with the query and
+their contributions (``Hit.explain``); for a text query whose encoder can attribute its pieces
+to query words (:mod:`lexlens.models.attribution`), each piece also names its ``query_word`` and
+``Hit.explain_words`` sums the contributions per query word.
 """
 
 from __future__ import annotations
@@ -51,10 +56,15 @@ __all__ = [
     "fuse",
     "queries_from_cli",
     "format_results",
+    "explain_by_word",
+    "UNATTRIBUTED",
 ]
 
 #: file name endings treated as images when a query string names an existing file
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+#: the query word of a piece the encoder gave no source for
+UNATTRIBUTED = "(unattributed)"
 
 
 @dataclass
@@ -100,7 +110,13 @@ class Query:
 
 @dataclass
 class Hit:
-    """One result with its metadata row (``explain``: the shared words of a lexical match)."""
+    """One result with its metadata row.
+
+    ``explain``: the word pieces a lexical match shares with the query (``word``, ``id``,
+    ``query`` and ``item`` weights, ``contribution``, and ``query_word`` when the encoder can
+    tell which query word produced the piece); ``explain_words``: then the same grouped by
+    query word (:func:`explain_by_word`), else ``None``.
+    """
 
     rank: int
     id: int
@@ -110,6 +126,7 @@ class Hit:
     captions: list[str] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     explain: Any = None
+    explain_words: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -280,6 +297,7 @@ def search_index(
     s, i = _top(state, vecs, k, params, allowed, min_score, pushdown)
     rows = state.meta.rows(np.unique(i[i >= 0]))
     explainer = _explainer() if explain and state.sparse is not None else None
+    sources = _query_sources(index, queries, query_mode) if explainer is not None else []
     hits: list[list[Hit]] = []
     for r in range(len(queries)):
         row_hits = []
@@ -301,6 +319,8 @@ def search_index(
                 h.explain = explainer(
                     _row_batch(vecs.sparse, r), item, vecs.sparse.vocab or state.sparse.vocab
                 )
+                if sources[r] is not None:
+                    h.explain, h.explain_words = _attribute(h.explain, sources[r])
             row_hits.append(h)
         hits.append(row_hits)
     return SearchResults(s, i, hits, [q.describe() for q in queries])
@@ -345,6 +365,55 @@ def _top(
         if fetch >= total or enough.all() or allowed is None:
             return s, i
         fetch = min(total, fetch * 4)
+
+
+def _query_sources(
+    index: Index, queries: Sequence[Query], query_mode: str
+) -> list[dict[int, str] | None]:
+    """Per query, ``{piece id: query word}`` when it is a text alone and the encoder can tell
+    (``lexical_sources``, :mod:`lexlens.models.attribution`), else ``None``.
+
+    The texts go to the encoder in the same order and batch as :func:`encode_queries` sends
+    them, so the pieces are exactly those of the query vectors.
+    """
+    out: list[dict[int, str] | None] = [None] * len(queries)
+    texts = [i for i, q in enumerate(queries) if q.text is not None and q.image is None]
+    attribute = getattr(index.encoder, "lexical_sources", None) if texts else None
+    if attribute is not None:
+        found = attribute([str(queries[i].text) for i in texts], query_mode)
+        for i, src in zip(texts, found, strict=True):
+            out[i] = src
+    return out
+
+
+def _attribute(explain: Any, sources: dict[int, str]) -> tuple[Any, list[dict[str, Any]] | None]:
+    """``explain`` entries with their ``query_word``, and their grouping by query word."""
+    if not isinstance(explain, list):
+        return explain, None
+    entries = [{**e, "query_word": sources.get(int(e["id"]), UNATTRIBUTED)} for e in explain]
+    return entries, explain_by_word(entries)
+
+
+def explain_by_word(explain: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Piece explanations (with ``query_word``) grouped by query word.
+
+    Each group: ``query_word``, ``contribution`` (the sum of its pieces' contributions, so the
+    groups add up to the score like the pieces do) and ``pieces`` (their words, in the order
+    given); sorted by ``(-contribution, query_word)``.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in explain:
+        groups.setdefault(str(e.get("query_word") or UNATTRIBUTED), []).append(e)
+    rows = [
+        {
+            "query_word": w,
+            "contribution": float(sum(np.float64(e["contribution"]) for e in es)),
+            "pieces": [str(e["word"]) for e in es],
+        }
+        for w, es in groups.items()
+    ]
+    rows.sort(key=lambda r: (-r["contribution"], r["query_word"]))
+    return rows
 
 
 def _explainer() -> Any:
@@ -407,7 +476,9 @@ def format_results(res: SearchResults) -> str:
             if h.text is None and h.captions:
                 what += f'  "{h.captions[0]}"'
             lines.append(f"  {h.rank:>3}  {h.score:7.4f}  #{h.id:<7} {what}")
-            if h.explain:
+            if h.explain_words:
+                lines.append(f"       matched: {_format_words(h.explain_words)}")
+            elif h.explain:
                 lines.append(f"       shared words: {_format_explain(h.explain)}")
     return "\n".join(lines)
 
@@ -417,3 +488,10 @@ def _format_explain(explain: Any) -> str:
     if isinstance(explain, list) and all(isinstance(e, dict) and "word" in e for e in explain):
         return ", ".join(f"{e['word']} {e['contribution']:.3f}" for e in explain)
     return str(explain)
+
+
+def _format_words(groups: list[dict[str, Any]]) -> str:
+    """``query_word contribution (pieces), ...`` from :func:`explain_by_word`."""
+    return ", ".join(
+        f"{g['query_word']} {g['contribution']:.2f} ({', '.join(g['pieces'])})" for g in groups
+    )

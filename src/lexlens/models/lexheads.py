@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
+from lexlens.models.attribution import LexicalSources, free_token_weights
 from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, SparseBatch
-from lexlens.models.lexicon import LexicalEncoding, piece_presence
+from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import LexiconConfig
 
 __all__ = [
@@ -162,7 +163,7 @@ def build_heads_net(dense: Any, cfg: HeadsConfig) -> Any:
     return LexHeadsNet()
 
 
-class LexHeadsEncoder(LexicalEncoding, Encoder):
+class LexHeadsEncoder(LexicalSources, Encoder):
     """A dense ``openclip:`` / ``hf:`` encoder plus lexicon heads (lexical output, both query modes).
 
     Dense embeddings are the inner encoder's own; :meth:`trainable` is the heads module (with
@@ -179,6 +180,7 @@ class LexHeadsEncoder(LexicalEncoding, Encoder):
         self.meta = dict(cfg.meta)
         self._active = np.asarray(cfg.active_ids, np.int64)
         self._vocab: list[str] | None = None
+        self._raw: tuple[list[str], set[int]] | None = None
 
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.inner._forward_images(pixels)
@@ -247,6 +249,27 @@ class LexHeadsEncoder(LexicalEncoding, Encoder):
                     w = self.net.text_lexical_free(tok)
             parts.append(self._sparse(w.float().numpy(), self.cfg.top_k_text))
         return self._concat(parts)
+
+    # -- query word attribution (models.attribution.LexicalSources) -------------------------
+    @property
+    def _text_top_k(self) -> int:
+        return self.cfg.top_k_text
+
+    def _text_pieces(self) -> tuple[Sequence[str], set[int]]:
+        if self._raw is None:
+            towers = self.net.towers
+            self._raw = (towers._raw_pieces(), set(towers.special_ids))
+        return self._raw
+
+    def _token_lexical(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any]:
+        if mode == "encoder":
+            states, mask, _ = self.net.frozen_text(tok)
+            per_token = self.net.text_lex.token_weights(states, self.net.active_table())
+            return self.net.text_lexical(states, mask), per_token, mask > 0
+        real = self.net.towers.mask(tok) > 0
+        pos = self.net.active_lut[tok["input_ids"].clamp(0, self.cfg.vocab_size - 1)]
+        per_token = free_token_weights(pos, real, self.net.free_table.weights())
+        return self.net.text_lexical_free(tok), per_token, real
 
     # -- training / saving -----------------------------------------------------------------
     def trainable(self) -> Any:

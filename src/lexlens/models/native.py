@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
+from lexlens.models.attribution import LexicalSources, free_token_weights
 from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, PreprocessConfig, SparseBatch
-from lexlens.models.lexicon import LexicalEncoding, piece_presence
+from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import (
     NativeConfig,
     config_from_dict,
@@ -277,7 +278,7 @@ def _default_active_words() -> list[str]:
     return words
 
 
-class NativeEncoder(LexicalEncoding, Encoder):
+class NativeEncoder(LexicalSources, Encoder):
     """A native dual encoder ready for inference (and training through :meth:`trainable`)."""
 
     def __init__(
@@ -371,6 +372,24 @@ class NativeEncoder(LexicalEncoding, Encoder):
                     w = self.net.text_lexical_free(tok)
             parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
         return self._concat(parts)
+
+    # -- query word attribution (models.attribution.LexicalSources) -------------------------
+    @property
+    def _text_top_k(self) -> int:
+        return self.cfg.lexicon.top_k_text
+
+    def _text_pieces(self) -> tuple[Sequence[str], set[int]]:
+        return self.vocab, set(_SPECIAL_IDS)
+
+    def _token_lexical(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any]:
+        real = tok["attention_mask"] > 0
+        if mode == "encoder":
+            st = self.net.text_states(tok)
+            pooled = self.net.text_lexical(st, tok["attention_mask"])
+            return pooled, self.net.text_lex.token_weights(st, self.net.active_table()), real
+        pos = self.net.active_lut[tok["input_ids"]]
+        per_token = free_token_weights(pos, real, self.net.free_table.weights())
+        return self.net.text_lexical_free(tok), per_token, real
 
     # -- training / saving ------------------------------------------------------------
     def trainable(self) -> Any:

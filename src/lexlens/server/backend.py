@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,20 @@ class TimedEncoder(Encoder):
 
         with _timed():
             return encode_query_lexical(self.inner, texts, mode, batch_size, progress)
+
+    @property
+    def lexical_sources(self) -> Callable[..., list[dict[int, str]]] | None:
+        """The inner encoder's query-word attribution of lexical queries (timed), or ``None``
+        when it has none (:mod:`lexlens.models.attribution`)."""
+        attribute = getattr(self.inner, "lexical_sources", None)
+        if attribute is None:
+            return None
+
+        def timed(texts: Sequence[str], query_mode: str = "encoder") -> list[dict[int, str]]:
+            with _timed():
+                return attribute(texts, query_mode)
+
+        return timed
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
@@ -359,6 +373,7 @@ class Backend:
                 list(h.captions or []),
                 jsonable(h.fields or {}),
                 jsonable(h.explain),
+                jsonable(h.explain_words),
             )
             for h in res.hits[0]
         ]

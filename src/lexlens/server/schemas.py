@@ -14,6 +14,7 @@ __all__ = [
     "QueryMode",
     "ErrorResponse",
     "SearchRequest",
+    "WordMatch",
     "HitModel",
     "SearchResponse",
     "IndexSummary",
@@ -92,6 +93,14 @@ class SearchRequest(BaseModel):
         return self
 
 
+class WordMatch(BaseModel):
+    """How much one query word adds to a lexical score, and through which word pieces."""
+
+    query_word: str
+    contribution: float
+    pieces: list[str]
+
+
 class HitModel(BaseModel):
     """One result."""
 
@@ -103,6 +112,11 @@ class HitModel(BaseModel):
     captions: list[str] = []
     fields: dict[str, Any] = {}
     explain: Any = None
+    explain_words: list[WordMatch] | None = Field(
+        None,
+        description="lexical results of a text query, when the model can tell: the score "
+        "split by the query word that produced each matched word piece",
+    )
     thumbnail: str | None = Field(None, description="URL of the item's thumbnail")
 
 

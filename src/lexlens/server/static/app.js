@@ -74,6 +74,33 @@ function matchedWords(explain) {
   return [];
 }
 
+// A row of word chips (class "word") under a result, one per entry, filled by `fill`.
+function chipRow(title, entries, fill) {
+  const chips = document.createElement("div");
+  chips.className = "words";
+  chips.title = title;
+  for (const e of entries) {
+    const chip = document.createElement("span");
+    chip.className = "word";
+    fill(chip, e);
+    chips.appendChild(chip);
+  }
+  return chips;
+}
+
+// One query word a lexical match owes its score to (an `explain_words` entry): the word, its
+// share of the score and the model's word pieces it matched through.
+function fillGroup(chip, g) {
+  chip.title = `${g.query_word}: ${g.contribution.toFixed(3)} from ${g.pieces.join(", ")}`;
+  const share = document.createElement("span");
+  share.className = "share";
+  share.textContent = ` ${g.contribution.toFixed(2)}`;
+  const pieces = document.createElement("span");
+  pieces.className = "pieces";
+  pieces.textContent = ` (${g.pieces.join(", ")})`;
+  chip.append(document.createTextNode(g.query_word), share, pieces);
+}
+
 function render() {
   const cutoff = parseFloat($("cutoff").value);
   const grid = $("results");
@@ -104,18 +131,15 @@ function render() {
       text.className = "caption";
       text.textContent = h.text ?? (h.captions && h.captions.length ? h.captions[0] : "");
       cap.append(score, rank, text);
-      const words = matchedWords(h.explain);
+      const groups = Array.isArray(h.explain_words) ? h.explain_words : [];
+      const words = groups.length ? [] : matchedWords(h.explain);
+      if (groups.length) {
+        const title = "query words behind this match: share of the score (word pieces matched)";
+        cap.appendChild(chipRow(title, groups, fillGroup));
+      }
       if (words.length) {
-        const chips = document.createElement("div");
-        chips.className = "words";
-        chips.title = "words this result shares with the query";
-        for (const w of words) {
-          const chip = document.createElement("span");
-          chip.className = "word";
-          chip.textContent = w;
-          chips.appendChild(chip);
-        }
-        cap.appendChild(chips);
+        const title = "words this result shares with the query";
+        cap.appendChild(chipRow(title, words, (chip, w) => (chip.textContent = w)));
       }
       card.appendChild(cap);
       card.addEventListener("click", () => searchItem(h.id));

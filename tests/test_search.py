@@ -1,0 +1,146 @@
+"""Explanations of lexical hits grouped by query word (``Hit.explain_words``), on a sparse index
+of a tiny random-initialised native model; the per-piece entries carry their ``query_word``.
+
+References: the encoder's own ``lexical_sources`` for the words, and sums / sorts written out
+here for the grouping; a model without attribution gives the piece-level output unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from lexlens.cli import main  # noqa: E402
+from lexlens.index.index import Index  # noqa: E402
+from lexlens.models.attribution import WHOLE_QUERY  # noqa: E402
+from lexlens.models.base import Encoder  # noqa: E402
+from lexlens.search import Query, format_results  # noqa: E402
+
+QUERIES = ["a big red circle to the left of a small blue square", "two small green stars"]
+
+
+def _texts() -> list[Query]:
+    return [Query(text=t) for t in QUERIES]
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    """(index dir, tiny native encoder saved as ``native:DIR``) of 16 generated scenes, spec
+    ``sparse``."""
+    import torch
+
+    from lexlens.data.scenes import generate_scenes
+    from lexlens.models.native import build_native
+    from lexlens.models.registry import load_encoder
+
+    d = tmp_path_factory.mktemp("explain")
+    generate_scenes(d / "scenes", 16, seed=2, size=32, workers=1, progress=False)
+    torch.manual_seed(5)
+    build_native("tiny", texts=QUERIES).save(d / "model")
+    enc = load_encoder(f"native:{d / 'model'}")
+    Index.build(d / "scenes", enc, d / "idx", spec="sparse", progress=False, workers=0)
+    return d / "idx", enc
+
+
+def _grouped(entries: Sequence[dict]) -> list[tuple[str, float, list[str]]]:
+    sums: dict[str, float] = {}
+    pieces: dict[str, list[str]] = {}
+    for e in entries:
+        sums[e["query_word"]] = sums.get(e["query_word"], 0.0) + e["contribution"]
+        pieces.setdefault(e["query_word"], []).append(e["word"])
+    return sorted(((w, s, pieces[w]) for w, s in sums.items()), key=lambda g: (-g[1], g[0]))
+
+
+@pytest.mark.parametrize("mode", ["encoder", "inference-free"])
+def test_explanations_are_grouped_by_query_word(tiny_index, mode) -> None:
+    path, enc = tiny_index
+    res = Index.open(path, model=enc).search(_texts(), k=5, explain=True, query_mode=mode)
+    sources = enc.lexical_sources(QUERIES, mode)
+    n_groups = 0
+    for text, src, hits in zip(QUERIES, sources, res.hits, strict=True):
+        assert hits
+        for h in hits:
+            assert h.explain and all(e["query_word"] == src[e["id"]] for e in h.explain)
+            got = [(g["query_word"], g["contribution"], g["pieces"]) for g in h.explain_words]
+            ref = _grouped(h.explain)
+            assert [(w, p) for w, _, p in got] == [(w, p) for w, _, p in ref]
+            np.testing.assert_allclose([c for _, c, _ in got], [c for _, c, _ in ref], rtol=1e-12)
+            total = sum(g["contribution"] for g in h.explain_words)
+            assert total == pytest.approx(sum(e["contribution"] for e in h.explain), rel=1e-12)
+            assert total == pytest.approx(h.score, rel=1e-5, abs=1e-5)
+            if mode == "inference-free":  # every piece is a token of one of the query's words
+                assert {g["query_word"] for g in h.explain_words} <= set(text.split())
+            n_groups += len(got)
+    assert n_groups > len(QUERIES)
+    first = res.hits[0][0].explain_words[0]
+    assert f"matched: {first['query_word']} {first['contribution']:.2f} (" in format_results(res)
+    assert "shared words:" not in format_results(res)
+
+
+def test_json_output_has_pieces_and_groups(tiny_index, capsys) -> None:
+    path, _ = tiny_index
+    assert main(["search", str(path), QUERIES[0], "--explain", "--k", "2", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)["results"][0]["hits"][0]
+    assert hit["explain"] and all("query_word" in e for e in hit["explain"])
+    assert sorted(p for g in hit["explain_words"] for p in g["pieces"]) == sorted(
+        e["word"] for e in hit["explain"]
+    )
+
+
+class PiecesOnly(Encoder):
+    """The same model without ``lexical_sources`` (like the training-free lexical adapter)."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner, self.name, self.dim = inner, inner.name, inner.dim
+        self.preprocess_config = inner.preprocess_config
+
+    def _forward_images(self, pixels):
+        return self.inner._forward_images(pixels)
+
+    def _forward_texts(self, texts):
+        return self.inner._forward_texts(texts)
+
+    has_lexical = property(lambda self: True)
+    vocab = property(lambda self: self.inner.vocab)
+    lexical_query_modes = property(lambda self: self.inner.lexical_query_modes)
+
+    def encode_images_lexical(self, images, batch_size=64, progress=False):
+        return self.inner.encode_images_lexical(images, batch_size, progress)
+
+    def encode_texts_lexical(self, texts, batch_size=256, progress=False, mode="encoder"):
+        return self.inner.encode_texts_lexical(texts, batch_size, progress, mode)
+
+
+def test_a_model_without_attribution_keeps_piece_explanations(tiny_index) -> None:
+    path, enc = tiny_index
+    plain = Index.open(path, model=PiecesOnly(enc)).search(_texts(), k=5, explain=True)
+    worded = Index.open(path, model=enc).search(_texts(), k=5, explain=True)
+    np.testing.assert_array_equal(plain.ids, worded.ids)
+    for a, b in zip(plain.hits, worded.hits, strict=True):
+        for ha, hb in zip(a, b, strict=True):
+            assert ha.explain_words is None and ha.explain
+            assert ha.explain == [
+                {k: v for k, v in e.items() if k != "query_word"} for e in hb.explain
+            ]
+    text = format_results(plain)
+    assert "shared words:" in text and "matched:" not in text
+
+
+def test_queries_that_are_not_a_text_alone_keep_piece_explanations(tiny_index) -> None:
+    path, enc = tiny_index
+    idx = Index.open(path, model=enc)
+    image = str(sorted((path.parent / "scenes").rglob("*.png"))[0])
+    queries = [Query(item=3), Query(image=image, text="red"), Query(text=QUERIES[1])]
+    res = idx.search(queries, k=3, explain=True)
+    assert res.hits[0][0].id == 3
+    for hits in res.hits[:2]:  # an item's or an image's pieces come from no query word
+        assert hits[0].explain and all(h.explain_words is None for h in hits)
+    assert all(h.explain_words is not None for h in res.hits[2])
+    # the tiny model's [CLS] / [SEP] tokens win pieces too: they stand for the whole query
+    words = {e["query_word"] for h in res.hits[2] for e in h.explain}
+    assert words <= set(QUERIES[1].split()) | {WHOLE_QUERY}
