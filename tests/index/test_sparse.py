@@ -375,11 +375,13 @@ def test_rows_only_and_gap_lists_only_equal_brute_force(data, monkeypatch, ratio
 
 def test_gap_lists_with_long_gaps_and_wide_ids(monkeypatch) -> None:
     """Rare words whose gaps need 2 and 3 LEB128 bytes and span many checkpoints, queries with
-    more list words than the bound pass remembers (checkpoint look-ups), ids above 2**32 and
-    negative ids: all equal to the brute force."""
+    many list words whose decoded documents overflow the search's buffer (grown for the call,
+    then kept larger), ids above 2**32 and negative ids: all equal to the brute force."""
     import lexlens.index.sparse as sparse_mod
 
     monkeypatch.setattr(sparse_mod, "ROW_RATIO", 0.0)
+    monkeypatch.setattr(sparse_mod, "_BUF0", 64)
+    monkeypatch.setattr(sparse_mod, "_SCRATCH", threading.local())
     rng = np.random.default_rng(7)
     n, vocab = 40_000, 48
     dense = np.zeros((n, vocab), np.float32)
@@ -408,6 +410,8 @@ def test_gap_lists_with_long_gaps_and_wide_ids(monkeypatch) -> None:
         np.testing.assert_array_equal(s, es)
         assert (i[1] != -1).sum() == 25 and set(ids[[5, 20_000, 39_999]]) <= set(i[1])
         assert kind.explain(take(queries, np.array([1])), [int(ids[20_000])])[0][0]["id"] == 41
+    # the first search overflowed the 64-entry buffer; the next ones ran with a larger one
+    assert len(sparse_mod._SCRATCH.arrays[2]) > 64
 
 
 def test_layout_is_smaller_than_raw_and_old_layouts_are_refused(data, tmp_path) -> None:

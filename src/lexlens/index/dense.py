@@ -5,8 +5,9 @@ similarity) under external ``int64`` ids, and return results through
 :func:`lexlens.results.sort_results`, so ties come back by ``(-score, id)`` and missing
 entries as ``-1``.
 
-* ``flat``: exact brute force (BLAS matrix products over a memory-mapped ``float32`` array,
-  block by block). Exact with ties: an id never loses to a larger id with the same score.
+* ``flat``: exact brute force over a (memory-mapped) ``float32`` array: faiss's scan (what
+  ``IndexFlatIP`` does), or BLAS matrix products block by block without faiss. Exact with
+  ties: an id never loses to a larger id with the same score.
 * ``hnswM`` (``M`` links per node, default 32; options ``ef`` = default efSearch, ``efc`` =
   efConstruction): faiss ``IndexHNSWFlat``. HNSW cannot delete, so removed ids go into a
   tombstone set filtered inside the search (a faiss ``IDSelector`` in the per-call
@@ -73,6 +74,51 @@ def exact_search(
     n = q.shape[0]
     if len(ids) == 0 or k <= 0:
         return empty_results(n, max(k, 0))
+    fast = _faiss_exact(q, x, ids, k)
+    if fast is not None:
+        return fast
+    return _blas_exact(q, x, ids, k)
+
+
+#: extra candidates the faiss scan returns, to see whether a tie crosses the k-th place
+_TIE_MARGIN = 8
+
+
+def _faiss_exact(
+    q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact search with faiss's brute-force scan (``faiss.knn``, what ``IndexFlatIP`` runs;
+    about twice as fast as BLAS plus a top-k per block for single queries), or ``None`` when
+    faiss is missing or ``x`` is not a contiguous ``float32`` array.
+
+    faiss breaks ties in its own way, so it returns ``k + 8`` candidates; a query whose
+    ``k``-th score ties with the last candidate is redone by :func:`_blas_exact`.
+    """
+    try:
+        faiss = _faiss()
+    except ImportError:
+        return None
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
+        return None
+    m = len(ids)
+    want = min(m, k + _TIE_MARGIN)
+    scores, pos = faiss.knn(
+        np.ascontiguousarray(q, np.float32), x.view(np.ndarray), want, faiss.METRIC_INNER_PRODUCT
+    )
+    cand = np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1)
+    s, i = sort_results(scores, cand, k)
+    if want < m and k <= want:
+        redo = np.flatnonzero((s[:, min(k, want) - 1] <= scores[:, want - 1]) & (i[:, -1] >= 0))
+        if len(redo):
+            rs, ri = _blas_exact(q[redo], x, ids, k)
+            s[redo], i[redo] = rs, ri
+    return s, i
+
+
+def _blas_exact(
+    q: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Block-wise BLAS products and a top-``k`` per block, merged."""
     parts = []
     for a in range(0, len(ids), _BLOCK):
         sim = q @ np.asarray(x[a : a + _BLOCK], dtype=np.float32).T

@@ -45,11 +45,12 @@ stored without loss -- ``uint16`` up to 65,536, beyond that a 16-bit grid). Ther
 other copy of the vectors: merges, ``--explain`` and reopening decode these arrays.
 
 A query computes, for every block, an integer upper bound ``sum_w ceil(q_w / u) * bound_w``
-(one vectorised pass per dense row, one decoding pass per list word, which also remembers
-where the word's postings of each block start), scores the blocks above a threshold
-estimated from a sample of the bounds first, then every other block whose bound still
-reaches the ``k``-th score, best bound first, and stops at the first one below it (exact),
-or when the budget is spent.
+(one vectorised pass per dense row; one decoding pass per list word, whose decoded documents
+are kept for scoring), scores the blocks above a threshold estimated from a sample of the
+bounds first, then every other block whose bound still reaches the ``k``-th score. Exact
+search takes each of the two sets in block order (a list word's postings in a block are then
+found by galloping forward in its decoded documents) and skips blocks whose bound has fallen
+below the ``k``-th score; with a budget, blocks go best bound first until the budget is spent.
 
 **Changes.** ``add`` builds a new segment from the batch; segments of similar size are merged
 (so there are O(log n) of them). ``remove`` marks documents dead in a bitmap (dead documents are
@@ -150,6 +151,11 @@ def _canonical_rows(
     """CSR with words ascending per row, duplicates summed, zeros dropped, optional top-k."""
     indptr = np.asarray(sp.indptr, np.int64)
     n = len(indptr) - 1
+    if topk is None and n == 1:  # a single query: usually canonical already
+        idx = np.asarray(sp.indices, np.int64)[indptr[0] : indptr[1]]
+        val = np.asarray(sp.values, np.float32)[indptr[0] : indptr[1]]
+        if (val > 0).all() and (len(idx) < 2 or (idx[1:] > idx[:-1]).all()):
+            return np.array([0, len(idx)], np.int64), idx, val
     lens = np.diff(indptr)
     rows = np.repeat(np.arange(n, dtype=np.int64), lens)
     idx = np.asarray(sp.indices, np.int64)[indptr[0] : indptr[-1]]
@@ -239,6 +245,7 @@ class Segment:
     block: int
     n_dead: int = 0
     _btab: np.ndarray | None = None  # code -> 8-bit bound (derived from the codebook)
+    _kargs: tuple[Any, ...] | None = None  # kernel_args(), built once per dead bitmap
 
     @property
     def size(self) -> int:
@@ -265,6 +272,11 @@ class Segment:
 
     def kernel_args(self) -> tuple[Any, ...]:
         """The arrays :func:`~lexlens.index.sparse_kernels.search_segment` reads, in its order."""
+        if self._kargs is None:
+            self._kargs = self._kernel_args()
+        return self._kargs
+
+    def _kernel_args(self) -> tuple[Any, ...]:
         v = {a: _arr(getattr(self, a)) for a in _ARRAYS}
         return (
             v["terms"], v["tptr"], v["post_code"], v["codebook"], self.btab, v["dense_of"],
@@ -287,6 +299,7 @@ class Segment:
             return 0
         mask[new] = True
         self.dead = np.packbits(np.concatenate([mask, [False]]), bitorder="little")
+        self._kargs = None
         self.n_dead += len(new)
         return len(new)
 
@@ -718,24 +731,22 @@ class SparseKind(IndexKind):
 
 
 _SCRATCH = threading.local()
-
-
-#: list words per query whose blocks are remembered by the bound pass (others: checkpoints)
-_SLOT_ROWS = 32
+#: first size of a thread's buffer of decoded list-word documents (it grows as needed)
+_BUF0 = 1 << 16
 
 
 def _scratch(n_blocks: int) -> tuple[np.ndarray, ...]:
-    """This thread's scratch arrays for a search (grown on demand, never shared)."""
+    """This thread's scratch arrays for a search (grown on demand, never shared): block
+    bounds, candidates, decoded documents of the query's list words and the size those need."""
     have = getattr(_SCRATCH, "arrays", None)
+    if have is not None and len(have[2]) < have[3][0]:  # the last search needed more
+        have = (have[0], have[1], np.empty(int(have[3][0] * 1.25), np.int32), have[3])
+        _SCRATCH.arrays = have
     if have is None or len(have[0]) < n_blocks:
         size = max(n_blocks, 1024)
-        have = (
-            np.zeros(size, np.uint32),
-            np.zeros(size, np.int64),
-            np.zeros(size, np.int64),
-            np.zeros((_SLOT_ROWS, size), np.int64),
-            np.zeros(1, np.int64),
-        )
+        buf = np.empty(_BUF0, np.int32) if have is None else have[2]
+        need = np.zeros(1, np.int64) if have is None else have[3]
+        have = (np.zeros(size, np.uint32), np.zeros(size, np.int64), buf, need)
         _SCRATCH.arrays = have
     return have
 

@@ -111,9 +111,6 @@ CHECK = 32
 LIST_CHECK = 64
 #: number of set bits of every byte
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-#: a scratch slot: epoch in the top bits, posting offset in the middle, document mask below
-_EPOCH_SHIFT = 40
-_MAX_EPOCH = (1 << 23) - 1
 
 
 @nb.njit(inline="always", **_JIT)
@@ -353,22 +350,81 @@ def row_signatures(indptr, terms, codes, width):  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- search
+@nb.njit(inline="always", **_JIT)
+def _log2(block):  # pragma: no cover
+    """``log2(block)`` for a power of two, else -1."""
+    for s in range(4):
+        if block == 1 << s:
+            return s
+    return -1
+
+
+@nb.njit(**_JIT)
+def _list_bounds(t, qq, tptr, sptr, gaps, post_code, btab, block, ub, buf, at):  # pragma: no cover
+    """Add list word ``t``'s per-block bounds (``qq`` x the bound of its largest code in the
+    block) to ``ub`` and write its documents, decoded, to ``buf[at:]``.
+
+    The largest bound of the current block is kept in a register and only its increase is
+    added, so no posting branches on the data (but for the rare multi-byte gap).
+    """
+    doc = np.int64(-1)
+    prev = np.int64(-1)
+    mx = np.int64(0)
+    pos = sptr[t]
+    shift = _log2(block)
+    i = at
+    for x in range(tptr[t], tptr[t + 1]):
+        byte = np.int64(gaps[pos])
+        pos += 1
+        if byte < 128:
+            doc += byte
+        else:
+            g, pos = _varint(gaps, pos - 1)
+            doc += g
+        buf[i] = np.int32(doc)
+        i += 1
+        b = doc >> shift if shift >= 0 else doc // block
+        old = mx if b == prev else np.int64(0)
+        mx = max(old, np.int64(btab[post_code[x]]))
+        ub[b] += qq * np.uint32(mx - old)
+        prev = b
+
+
+@nb.njit(inline="always", **_JIT)
+def _lower_bound(buf, lo, hi, v):  # pragma: no cover
+    """First ``i`` in ``[lo, hi)`` with ``buf[i] >= v`` (``hi`` if none); ``buf`` ascending."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if buf[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(inline="always", **_JIT)
+def _gallop(buf, lo, hi, v):  # pragma: no cover
+    """:func:`_lower_bound` for a ``v`` expected close after ``lo`` (doubling steps first)."""
+    step = 1
+    while lo + step < hi and buf[lo + step] < v:
+        lo += step
+        step <<= 1
+    return _lower_bound(buf, lo, min(hi, lo + step + 1), v)
+
+
 @nb.njit(**_JIT)
 def _score_block(
     b,
     loc,
     dloc,
-    jsl,
     qw,
     m,
-    ep,
-    slot,
+    lbeg,
+    lend,
+    lcur,
+    seq,
+    buf,
     tptr,
-    sptr,
-    gaps,
-    cptr,
-    cdoc,
-    cpos,
     dmask,
     dchk,
     post_code,
@@ -383,10 +439,15 @@ def _score_block(
     k,
 ):  # pragma: no cover
     """Score the documents of block ``b`` and offer them to the heap; returns
-    (postings scored, heap size)."""
+    (postings scored, heap size).
+
+    A list word's postings in the block are found in its decoded documents
+    ``buf[lbeg[j]:lend[j]]``: by galloping on from the cursor ``lcur[j]`` when blocks come in
+    ascending order (``seq``), else by binary search.
+    """
     scored = 0
+    first_doc = np.int64(b) * block
     for j in range(m):
-        t = loc[j]
         d = dloc[j]
         if d >= 0:
             mask = np.int64(dmask[d, b])
@@ -394,17 +455,21 @@ def _score_block(
                 continue
             start = _dense_start(d, b, dmask, dchk)
         else:
-            js = jsl[j]
-            if js >= 0:  # this query's bound pass remembered where the word is in block b
-                e = slot[js, b]
-                if (e >> _EPOCH_SHIFT) != ep:
-                    continue  # an entry of another query: the word is not in b
-                start = tptr[t] + ((e >> 8) & 0xFFFFFFFF)
-                mask = e & 255
+            lo = lbeg[j]
+            hi = lend[j]
+            if seq:
+                i = _gallop(buf, lcur[j], hi, first_doc)
+                lcur[j] = i
             else:
-                start, mask = _list_find(t, b, block, tptr, sptr, gaps, cptr, cdoc, cpos)
-                if mask == 0:
-                    continue
+                i = _lower_bound(buf, lo, hi, first_doc)
+            mask = np.int64(0)
+            e = i
+            while e < hi and buf[e] < first_doc + block:
+                mask |= np.int64(1) << (buf[e] - first_doc)
+                e += 1
+            if mask == 0:
+                continue
+            start = tptr[loc[j]] + (i - lo)
         w = qw[j]
         x = start
         for off in range(block):
@@ -412,12 +477,11 @@ def _score_block(
                 acc[off] += w * np.float64(codebook[post_code[x]])
                 x += 1
         scored += x - start
-    base = b * block
     for off in range(block):
         v = acc[off]
         if v > 0.0:
             acc[off] = 0.0
-            dd = base + off
+            dd = first_doc + off
             if (dead[dd >> 3] >> (dd & 7)) & 1:
                 continue
             size = _heap_push(hs_r, hi_r, size, k, np.float32(v), _ext_id(ids, dd))
@@ -425,41 +489,69 @@ def _score_block(
 
 
 @nb.njit(**_JIT)
-def _list_bounds(
-    t, js, qq, ep, tptr, sptr, gaps, post_code, btab, block, ub, slot
+def _gather(ub, n_blocks, lo, hi, exact, cand):  # pragma: no cover
+    """Blocks with ``lo <= bound < hi`` into ``cand`` (returns how many): block numbers in
+    block order (``exact``), else ``-bound * n_blocks + block`` (sorting gives best first)."""
+    g = 0
+    for b in range(n_blocks):
+        v = np.int64(ub[b])
+        if v >= lo and v < hi:
+            cand[g] = b if exact else -v * n_blocks + b
+            g += 1
+    return g
+
+
+@nb.njit(**_JIT)
+def _score_blocks(
+    cand,
+    n_blocks,
+    exact,
+    ub,
+    unit,
+    limit,
+    scored,
+    loc,
+    dloc,
+    qw,
+    m,
+    lbeg,
+    lend,
+    lcur,
+    buf,
+    tptr,
+    dmask,
+    dchk,
+    post_code,
+    codebook,
+    acc,
+    block,
+    dead,
+    ids,
+    hs_r,
+    hi_r,
+    size,
+    k,
 ):  # pragma: no cover
-    """Add list word ``t``'s per-block bounds (``qq`` x the bound of its largest code in the
-    block) to ``ub``; with a slot row ``js >= 0`` also remember, per block, where its postings
-    start and which documents have it."""
-    pos = sptr[t]
-    doc = np.int64(-1)
-    cur = np.int64(-1)
-    bend = np.int64(0)
-    mx = 0
-    msk = np.int64(0)
-    first = np.int64(0)
-    base = tptr[t]
-    for x in range(tptr[t], tptr[t + 1]):
-        g, pos = _varint(gaps, pos)
-        doc += g
-        if doc >= bend:
-            if cur >= 0:
-                ub[cur] += qq * np.uint32(btab[mx])
-                if js >= 0:
-                    slot[js, cur] = (ep << _EPOCH_SHIFT) | ((first - base) << 8) | msk
-            cur = doc // block
-            bend = (cur + 1) * block
-            mx = 0
-            msk = 0
-            first = x
-        c = post_code[x]
-        if c > mx:
-            mx = c
-        msk |= np.int64(1) << (doc - cur * block)
-    if cur >= 0:
-        ub[cur] += qq * np.uint32(btab[mx])
-        if js >= 0:
-            slot[js, cur] = (ep << _EPOCH_SHIFT) | ((first - base) << 8) | msk
+    """Score the gathered blocks: exact, in block order, skipping those whose bound is below
+    the ``k``-th score; with a budget, best bound first, stopping at the first such block or
+    once ``limit`` postings are scored. Returns (postings scored, blocks scored, heap size)."""
+    done = 0
+    order = cand if exact else np.sort(cand)
+    for c in order:
+        b = c - (c // n_blocks) * n_blocks
+        if size == k and np.float64(ub[b]) * unit < hs_r[0]:
+            if exact:
+                continue  # block order: a later block may still qualify
+            break
+        sc, size = _score_block(
+            b, loc, dloc, qw, m, lbeg, lend, lcur, exact, buf, tptr, dmask, dchk, post_code,
+            codebook, acc, block, dead, ids, hs_r, hi_r, size, k,
+        )  # fmt: skip
+        scored += sc
+        done += 1
+        if scored >= limit:
+            break
+    return scored, done, size
 
 
 @nb.njit(**_JIT)
@@ -492,10 +584,9 @@ def search_segment(
     budget,
     stats,
     ub,
-    cand_b,
-    cand_v,
-    slot,
-    epoch,
+    cand,
+    buf,
+    need,
 ):  # pragma: no cover
     """Block-max search of one segment for every query row, updating the per-query heaps.
 
@@ -506,18 +597,21 @@ def search_segment(
 
     1. Upper bounds of all blocks in integers: ``sum_w ceil(q_w / u_q) * bound_w(block)``
        (a dense row as one vectorised pass; a list word by decoding its gaps, the bound of a
-       block being that of its largest code there).
+       block being that of its largest code there; the decoded documents are kept).
     2. A threshold estimated from a sample of the bounds picks the few most promising
        blocks; they are scored first.
-    3. Every other block whose bound reaches the ``k``-th score is scored, best bound first;
-       the search stops at the first block below it (exact), or once ``budget`` (a share of
-       the query's postings in this segment; ``>= 1``: no limit) has been scored.
+    3. Then every other block whose bound reaches the ``k``-th score.
+
+    Exact search (``budget >= 1``) scores the blocks of each step in block order (list
+    words' postings are then found by galloping forward), skipping those whose bound has
+    fallen below the ``k``-th score. With a budget (a share of the query's postings in this
+    segment) blocks go best bound first and the search stops once the budget is scored.
 
     ``stats[r]`` receives (postings scored, blocks scored, postings in the query's lists).
-    ``ub`` (``uint32``), ``cand_b`` and ``cand_v`` (``int64``) are scratch arrays of at least
-    one entry per block, ``slot`` (``int64 [w, blocks]``) one row per list word (up to ``w``
-    of them) and ``epoch`` (``int64 [1]``) the serial number of its last use; they are reused
-    between calls (allocating them costs more than the search) and need no clearing.
+    ``ub`` (``uint32``) and ``cand`` (``int64``) are scratch arrays of at least one entry per
+    block, ``buf`` (``int32``) one for the decoded documents of the query's list words (a
+    larger one is allocated for the call when it is too small; ``need[0]`` receives the size
+    it needed); they are reused between calls and need no clearing.
     """
     n_blocks = (n_docs + block - 1) // block
     n_seg_terms = seg_terms.shape[0]
@@ -531,6 +625,7 @@ def search_segment(
         qw = np.empty(nq, np.float64)
         m = 0
         total = 0
+        listed = 0
         qmax = 0.0
         for j in range(a, z):
             t = np.searchsorted(seg_terms, q_terms[j])
@@ -539,20 +634,22 @@ def search_segment(
                 dloc[m] = dense_of[t]
                 qw[m] = np.float64(q_weights[j])
                 qmax = max(qmax, qw[m])
-                total += tptr[t + 1] - tptr[t]
+                n_post = tptr[t + 1] - tptr[t]
+                total += n_post
+                if dloc[m] < 0:
+                    listed += n_post
                 m += 1
         if m == 0:
             continue
-        ep = epoch[0] + 1
-        if ep > _MAX_EPOCH:
-            slot[:, :] = 0
-            ep = 1
-        epoch[0] = ep
+        need[0] = max(need[0], listed)
+        if listed > buf.shape[0]:
+            buf = np.empty(listed, np.int32)
         # 1. integer upper bounds
         qunit = qmax / 255.0
         ub[:n_blocks] = 0
-        jsl = np.full(m, -1, np.int64)
-        n_list = 0
+        lbeg = np.zeros(m, np.int64)
+        lend = np.zeros(m, np.int64)
+        at = 0
         for j in range(m):
             qq = np.uint32(min(255.0, np.ceil(qw[j] / qunit)))
             d = dloc[j]
@@ -561,100 +658,52 @@ def search_segment(
                 for b in range(n_blocks):
                     ub[b] += qq * np.uint32(row[b])
             else:
-                js = -1
-                if n_list < slot.shape[0]:
-                    js = n_list
-                    n_list += 1
-                jsl[j] = js
-                _list_bounds(loc[j], js, qq, ep, tptr, sptr, gaps, post_code, btab, block, ub, slot)
+                t = loc[j]
+                _list_bounds(t, qq, tptr, sptr, gaps, post_code, btab, block, ub, buf, at)
+                lbeg[j] = at
+                at += tptr[t + 1] - tptr[t]
+                lend[j] = at
+        lcur = lbeg.copy()
         # a bound in score units, with a margin for the rounding of the float sums
         unit = qunit * vmax / 255.0 * (1.0 + 1e-6)
-        top = np.uint32(0)
-        for b in range(n_blocks):
-            top = max(top, ub[b])
-        if top == 0:
-            continue
         # no limit in exact mode (total + 1 is never reached)
-        limit = total + 1 if budget >= 1.0 else max(np.int64(budget * total), 1)
+        exact = budget >= 1.0
+        limit = total + 1 if exact else max(np.int64(budget * total), 1)
         size = sizes[r]
         hs_r = hs[r]
         hi_r = hi[r]
-        scored = 0
-        blocks_done = 0
-        # 2. a threshold ``cut`` with at least ``want`` blocks above it, estimated from a
-        # strided sample and checked by counting
+        # 2. a threshold ``cut`` with at least ``want`` blocks at or above it, estimated from
+        # a strided sample; those blocks are gathered (and counted) in one pass
         want = max(2 * k, 16)
         stride = max(1, n_blocks // 1024)
         sample = np.sort(ub[:n_blocks:stride])[::-1]
         rank = want // stride + 1
-        cut = np.uint32(1)
-        while rank < sample.shape[0]:
-            cut = max(np.uint32(1), sample[rank])
-            got = 0
-            for b in range(n_blocks):
-                if ub[b] >= cut:
-                    got += 1
-            if got >= want:
-                break
+        while True:
             cut = np.uint32(1)
-            rank *= 4
-        # phase 0: blocks at or above the cut; phase 1: below it, down to the k-th score
-        for phase in range(2):
-            lo = cut
-            hi_v = np.uint32(top)
-            if phase == 1:
-                if cut <= 1:
-                    break
-                hi_v = cut - 1
-                lo = np.uint32(1)
-                if size == k:
-                    lo = np.uint32(min(np.float64(hi_v), max(1.0, np.floor(hs_r[0] / unit))))
-            g = 0
-            for b in range(n_blocks):
-                v = ub[b]
-                if v >= lo and v <= hi_v:
-                    cand_b[g] = b
-                    cand_v[g] = -np.int64(v)
-                    g += 1
-            order = np.argsort(cand_v[:g], kind="mergesort")
-            for o in order:
-                b = cand_b[o]
-                if size == k and np.float64(ub[b]) * unit < hs_r[0]:
-                    break
-                sc, size = _score_block(
-                    b,
-                    loc,
-                    dloc,
-                    jsl,
-                    qw,
-                    m,
-                    ep,
-                    slot,
-                    tptr,
-                    sptr,
-                    gaps,
-                    cptr,
-                    cdoc,
-                    cpos,
-                    dmask,
-                    dchk,
-                    post_code,
-                    codebook,
-                    acc,
-                    block,
-                    dead,
-                    ids,
-                    hs_r,
-                    hi_r,
-                    size,
-                    k,
-                )
-                scored += sc
-                blocks_done += 1
-                if scored >= limit:
-                    break
-            if scored >= limit:
+            if rank < sample.shape[0]:
+                cut = max(np.uint32(1), sample[rank])
+            g = _gather(ub, n_blocks, np.int64(cut), np.int64(1) << 40, exact, cand)
+            if g >= want or cut == 1:
                 break
+            rank *= 4
+        scored, blocks_done, size = _score_blocks(
+            cand[:g], n_blocks, exact, ub, unit, limit, 0, loc, dloc, qw, m, lbeg, lend, lcur,
+            buf, tptr, dmask, dchk, post_code, codebook, acc, block, dead, ids, hs_r, hi_r,
+            size, k,
+        )  # fmt: skip
+        # 3. the blocks below the cut that can still hold a top-k document
+        if cut > 1 and scored < limit:
+            lo = np.uint32(1)
+            if size == k:
+                lo = np.uint32(min(np.float64(cut - 1), max(1.0, np.floor(hs_r[0] / unit))))
+            g = _gather(ub, n_blocks, np.int64(lo), np.int64(cut), exact, cand)
+            lcur[:] = lbeg
+            scored, more, size = _score_blocks(
+                cand[:g], n_blocks, exact, ub, unit, limit, scored, loc, dloc, qw, m, lbeg,
+                lend, lcur, buf, tptr, dmask, dchk, post_code, codebook, acc, block, dead, ids,
+                hs_r, hi_r, size, k,
+            )  # fmt: skip
+            blocks_done += more
         sizes[r] = size
         stats[r, 0] += scored
         stats[r, 1] += blocks_done
