@@ -208,6 +208,7 @@ class TrainArgs:
     threads: int | None = None
     resume: bool = False
     json: bool = False
+    text_expansion: bool | None = None
 
 
 def _build_train(sub: argparse._SubParsersAction) -> None:
@@ -246,6 +247,14 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
         help="swapped captions per image (from fg.jsonl or scenes meanings)",
     )
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument(
+        "--no-text-expansion",
+        dest="text_expansion",
+        action="store_const",
+        const=False,
+        help="native models: a text's lexicon weighs only its own words (no expansion), so "
+        "explanations name query words; refit the heads with --objective lexical-heads",
+    )
     p.add_argument("--limit", type=int, help="use at most this many training images")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -271,6 +280,7 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
             ns.threads,
             ns.resume,
             ns.json,
+            ns.text_expansion,
         ),
         _run=_run_train,
     )
@@ -286,6 +296,8 @@ def _run_train(a: TrainArgs) -> int:
         )
     if not a.recipe and not a.data:
         raise UsageError("give --data DATASET (or --recipe NAME)")
+    if a.recipe and a.text_expansion is not None:
+        raise UsageError("--recipe fixes the model's settings; --no-text-expansion needs --model")
     if a.model and a.config:
         raise UsageError("--model (fine-tune) and --config (fresh model) exclude each other")
     overrides = {
@@ -305,7 +317,17 @@ def _run_train(a: TrainArgs) -> int:
         overrides["augment"] = False
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if not a.json else None
     req = TrainRequest(
-        a.out, a.recipe, a.data, a.val, a.split, a.model, a.config, a.limit, overrides, a.resume
+        a.out,
+        a.recipe,
+        a.data,
+        a.val,
+        a.split,
+        a.model,
+        a.config,
+        a.limit,
+        overrides,
+        a.resume,
+        text_expansion=a.text_expansion,
     )
     summary = run_training(req, progress=not a.json, log=log)
 

@@ -82,7 +82,7 @@ def test_lexical_rows_are_topk_of_the_head(tmp_path) -> None:
     lc = enc.cfg.lexicon
     tok = net.tokenize(TEXTS)
     with torch.no_grad():
-        w = net.text_lexical(net.text_states(tok), tok["attention_mask"]).numpy()
+        w = net.text_lexical(net.text_states(tok), tok).numpy()
     sp = enc.encode_texts_lexical(TEXTS)
     ids = net.active_ids.numpy()
     for r in range(len(TEXTS)):

@@ -224,9 +224,43 @@ def build_net(cfg: NativeConfig, active_ids: Sequence[int]) -> Any:
                 out[i] = self.text_presence(self.tokenize(list(caps))).amax(dim=0)
             return out
 
-        def text_lexical(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            """Token states -> weights ``[b, V_active]`` (max over real tokens)."""
-            return self.text_lex(states, mask, self.active_table())
+        def text_lexical(
+            self, states: torch.Tensor, tokens: dict[str, torch.Tensor]
+        ) -> torch.Tensor:
+            """Token states -> weights ``[b, V_active]`` (see :meth:`text_lexical_with_logits`)."""
+            return self.text_lexical_with_logits(states, tokens)[0]
+
+        def text_own_pieces(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+            """``[b, L, V_active]`` 0/1: the active piece of each word token (not ``[CLS]``,
+            ``[SEP]`` or padding)."""
+            ids = tokens["input_ids"]
+            pos = self.active_lut[ids]  # [b, L], -1 when inactive
+            word = (tokens["attention_mask"] > 0) & (ids != 101) & (ids != 102) & (pos >= 0)
+            own = nn.functional.one_hot(pos.clamp(min=0), len(self.active_ids))
+            return own * word[..., None]
+
+        def text_token_weights(
+            self, states: torch.Tensor, tokens: dict[str, torch.Tensor]
+        ) -> torch.Tensor:
+            """Per-token weights ``[b, L, V_active]`` whose max over the real tokens is the
+            text's lexicon (with ``text_expansion`` off, each token's own piece only)."""
+            w = self.text_lex.token_weights(states, self.active_table())
+            return w if lc.text_expansion else w * self.text_own_pieces(tokens).to(w.dtype)
+
+        def text_lexical_with_logits(
+            self, states: torch.Tensor, tokens: dict[str, torch.Tensor]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """``(weights, max-pooled logits)``, both ``[b, V_active]``: the max over real
+            tokens of ``log(1 + relu(z))``; with ``text_expansion`` off only a word token's
+            own piece counts (a piece absent from the text gets a logit of -1e4, weight 0)."""
+            if lc.text_expansion:
+                return self.text_lex.forward_with_logits(
+                    states, tokens["attention_mask"], self.active_table()
+                )
+            z = self.text_lex.token_logits(states, self.active_table())  # [b, L, V]
+            z = z.masked_fill(self.text_own_pieces(tokens) == 0, -1e4)
+            zmax = z.max(dim=1).values
+            return torch.log1p(torch.relu(zmax)), zmax
 
         def text_presence(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
             """Which active word pieces occur in each text: ``[b, V_active]`` of 0/1."""
@@ -367,7 +401,7 @@ class NativeEncoder(LexicalSources, Encoder):
             with self._inference():
                 if mode == "encoder":
                     st = self.net.text_states(tok)
-                    w = self.net.text_lexical(st, tok["attention_mask"])
+                    w = self.net.text_lexical(st, tok)
                 else:
                     w = self.net.text_lexical_free(tok)
             parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
@@ -385,8 +419,8 @@ class NativeEncoder(LexicalSources, Encoder):
         real = tok["attention_mask"] > 0
         if mode == "encoder":
             st = self.net.text_states(tok)
-            pooled = self.net.text_lexical(st, tok["attention_mask"])
-            return pooled, self.net.text_lex.token_weights(st, self.net.active_table()), real
+            pooled = self.net.text_lexical(st, tok)
+            return pooled, self.net.text_token_weights(st, tok), real
         pos = self.net.active_lut[tok["input_ids"]]
         per_token = free_token_weights(pos, real, self.net.free_table.weights())
         return self.net.text_lexical_free(tok), per_token, real

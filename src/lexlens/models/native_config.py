@@ -82,6 +82,10 @@ class LexiconConfig:
     top_k_text: int = 32  # cut per query text
     quant_bits: int = 8  # values snapped to this many bits (0 = float)
     quant_max: float = 4.0  # the weight that maps to the top quantisation level
+    # True: a text's lexicon may weigh any active piece (LexLIP/SPLADE expansion, with
+    # [CLS]/[SEP] pooled too). False: each word token weighs only its own word piece, so a
+    # query vector holds the query's own words (uniCOIL-style; readable explanations)
+    text_expansion: bool = True
 
 
 @dataclass

@@ -32,6 +32,7 @@ class TrainRequest:
     limit: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
+    text_expansion: bool | None = None  # native models: set ``lexicon.text_expansion``
 
 
 def run_training(
@@ -62,6 +63,12 @@ def run_training(
     from lexlens.train.data import pairs_from_dataset
 
     encoder, fresh = _starting_model(req)
+    if req.text_expansion is not None and not (
+        hasattr(encoder, "cfg")
+        and getattr(encoder.cfg, "lexicon", None) is not None
+        and encoder.cfg.lexicon.enabled
+    ):
+        raise UsageError("--no-text-expansion applies to native models with lexicon heads")
     size = encoder.preprocess_config.image_size
     data = pairs_from_dataset(req.data, size, limit=req.limit, progress=progress, split=req.split)
     if req.val:
@@ -80,6 +87,8 @@ def run_training(
         native = hasattr(encoder.trainable(), "image_states")
     except NotImplementedError as e:  # e.g. a lexical: adapter: its inner model trains
         raise UsageError(f"{e}; train the model it wraps instead") from None
+    if req.text_expansion is not None:  # the net reads the setting at every call
+        encoder.cfg.lexicon.text_expansion = req.text_expansion
     objective = req.overrides.get("objective") or ("lexlip" if native else "clip")
     if objective == "lexical-heads" and not native:
         encoder = _with_lexicon_heads(encoder, data, req)

@@ -516,7 +516,10 @@ def _step(
         out["words"] = cfg.w_words * F.binary_cross_entropy_with_logits(zmax, bags)
     ramp = min(1.0, progress_frac / max(cfg.flops_ramp, 1e-6)) ** 2
     if "lexical" in terms:
-        tl, tz = net.text_lex.forward_with_logits(tst, mask, net.active_table())  # [B+N, V] each
+        if hasattr(net, "text_lexical_with_logits"):  # native: [B+N, V] each
+            tl, tz = net.text_lexical_with_logits(tst, tok)
+        else:
+            tl, tz = net.text_lex.forward_with_logits(tst, mask, net.active_table())
         if "text_words" in terms:  # a text's lexicon weighs the word pieces it contains
             out["text_words"] = cfg.w_words * F.binary_cross_entropy_with_logits(
                 tz, net.text_presence(tok)
