@@ -17,9 +17,9 @@ from fakes import FakeEncoder, write_collection
 
 from lexlens.errors import DataError, IndexMismatchError, NotFoundError, UsageError
 from lexlens.index.base import SearchParams
-from lexlens.index.index import Index
+from lexlens.index.index import Index, model_fingerprint
 from lexlens.index.ingest import SourceItem
-from lexlens.models.base import l2_normalize
+from lexlens.models.base import SparseBatch, l2_normalize
 from lexlens.search import Query, fuse
 
 
@@ -273,6 +273,31 @@ def test_model_mismatch_is_a_clear_error(collection):
     # same name, different weights (a retrained model): caught by the probe embedding
     with pytest.raises(IndexMismatchError, match="retrained"):
         Index.open(root / "idx", model=FakeEncoder(seed=99))
+
+
+class _RefittedLexicon(FakeEncoder):
+    """The same dense embeddings; text lexical weights changed (heads refitted)."""
+
+    def encode_texts_lexical(self, texts, batch_size: int = 256, progress: bool = False):
+        sp = super().encode_texts_lexical(texts, batch_size, progress)
+        values = np.asarray(sp.values, np.float32).copy()
+        values[::2] *= 2.0
+        return SparseBatch(sp.indptr, sp.indices, values, sp.vocab_size, sp.vocab)
+
+
+def test_refitted_lexicon_is_caught_by_the_lexical_probe(tmp_path, collection):
+    _, _, items, enc, _, _ = collection
+    idx = Index.build(items[:10], enc, tmp_path / "sp", spec="sparse", progress=False, workers=0)
+    probe = idx._state.manifest.lexical_probe
+    assert probe["text"] and {"text", "image"} == set(probe)
+    assert len(Index.open(tmp_path / "sp", model=FakeEncoder())) == 10  # same model: fine
+    with pytest.raises(IndexMismatchError, match="lexical weights"):
+        Index.open(tmp_path / "sp", model=_RefittedLexicon())
+    # a dense index does not care about the lexicon
+    assert len(Index.open(collection[0] / "idx", model=_RefittedLexicon())) == 60
+    # the fingerprint (bench caches) sees the change too
+    assert model_fingerprint(FakeEncoder()) == model_fingerprint(FakeEncoder())
+    assert model_fingerprint(FakeEncoder()) != model_fingerprint(_RefittedLexicon())
 
 
 def test_damage_is_detected(tmp_path, collection):

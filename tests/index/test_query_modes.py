@@ -137,6 +137,7 @@ def _expected_ids(idx: Index, text: str, mode: str, k: int) -> list[int]:
 def test_index_search_uses_the_query_mode(built, mode):
     tmp, recs, _ = built
     idx = Index.open(tmp / "idx")
+    assert idx.encoder is not None  # loaded and checked (its probe encodes a text) first
     ModeEncoder.seen.clear()
     res = idx.search(Query(text="a red picture"), k=3, query_mode=mode)
     assert ModeEncoder.seen == [mode]

@@ -959,8 +959,13 @@ def encode_gallery(
     ``cache_dir/vectors-*.npz`` and reused by later runs with the same arguments."""
     cache = None
     if cache_dir:
-        tag = f"{encoder.name}|{data}|{n_items}|{n_queries}|{lexical}|{seed}"
         import hashlib
+
+        from lexlens.index.index import model_fingerprint
+
+        # the fingerprint: a retrained model under the same name gets new vectors
+        fp = model_fingerprint(encoder)
+        tag = f"{encoder.name}|{fp}|{data}|{n_items}|{n_queries}|{lexical}|{seed}"
 
         cache = Path(cache_dir) / f"vectors-{hashlib.sha1(tag.encode()).hexdigest()[:12]}.npz"
         if cache.is_file():

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from lexlens.index.dups import DupGroup
     from lexlens.search import Query, SearchResults
 
-__all__ = ["Index", "AddReport", "EncodeFn"]
+__all__ = ["Index", "AddReport", "EncodeFn", "model_fingerprint"]
 
 #: a replacement for the local encoding loop: ``(todo, want_sparse) -> encoded batches``
 EncodeFn = Callable[[Sequence[SourceItem], bool], Iterable[EncodedBatch]]
@@ -66,14 +66,59 @@ PROBE_TEXT = "a red circle above a blue square"
 RACY_SECONDS = 2.0
 
 
-def _probe(enc: Encoder) -> np.ndarray:
-    """The model's fingerprint: embeddings of a fixed text and a fixed image, concatenated."""
+def _probe_image() -> Any:
     from PIL import Image
 
     yy, xx = np.mgrid[0:64, 0:64]
     pixels = np.stack([xx * 4, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    return np.concatenate([enc.encode_texts([PROBE_TEXT])[0], enc.encode_images([image])[0]])
+    return Image.fromarray(pixels)
+
+
+def _probe(enc: Encoder) -> np.ndarray:
+    """The model's fingerprint: embeddings of a fixed text and a fixed image, concatenated."""
+    return np.concatenate(
+        [enc.encode_texts([PROBE_TEXT])[0], enc.encode_images([_probe_image()])[0]]
+    )
+
+
+def _lexical_probe(enc: Encoder) -> dict[str, list[list[float]]]:
+    """The lexical fingerprint: the fixed text's and image's sparse vectors as
+    ``[[word id, weight], ...]`` (a model whose lexicon heads were refitted keeps its dense
+    embeddings, so :func:`_probe` alone would not notice)."""
+    out = {}
+    for what, encode in (
+        ("text", lambda: enc.encode_texts_lexical([PROBE_TEXT])),
+        ("image", lambda: enc.encode_images_lexical([_probe_image()])),
+    ):
+        try:
+            ids, weights = encode().row(0)
+        except NotImplementedError:  # a model with lexical output on one side only
+            continue
+        out[what] = [[int(i), round(float(w), 6)] for i, w in zip(ids, weights, strict=True)]
+    return out
+
+
+def model_fingerprint(enc: Encoder) -> str:
+    """A short hash of the model's probe outputs (dense, and lexical when it has them): it
+    changes when the weights do, under the same model name (e.g. for caches of vectors)."""
+    import hashlib
+
+    h = hashlib.sha1(np.round(_probe(enc), 5).astype(np.float32).tobytes())
+    if enc.has_lexical:
+        h.update(json.dumps(_lexical_probe(enc), sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def _same_lexical(a: list[list[float]], b: list[list[float]]) -> bool:
+    """Cosine of two ``[[id, weight], ...]`` vectors >= 0.99 (both empty: the same)."""
+    da = {int(i): float(w) for i, w in a}
+    db = {int(i): float(w) for i, w in b}
+    dot = sum(w * db.get(i, 0.0) for i, w in da.items())
+    na = float(np.sqrt(sum(w * w for w in da.values())))
+    nb = float(np.sqrt(sum(w * w for w in db.values())))
+    if na == 0.0 or nb == 0.0:
+        return na == nb
+    return dot / (na * nb) >= 0.99
 
 
 @dataclass
@@ -231,6 +276,13 @@ class Index:
                     f"model {enc.name} no longer gives the embeddings {self.path} was built with "
                     "(retrained?); rebuild the index"
                 )
+        if man.lexical_probe:
+            now = _lexical_probe(enc) if enc.has_lexical else {}
+            if any(not _same_lexical(v, now.get(k, [])) for k, v in man.lexical_probe.items()):
+                raise IndexMismatchError(
+                    f"model {enc.name} no longer gives the lexical weights {self.path} was built "
+                    "with (lexicon heads retrained?); rebuild the index"
+                )
 
     # ----------------------------------------------------------------------------- build
     @classmethod
@@ -318,6 +370,7 @@ class Index:
             has_sparse=sparse,
             created=now,
             model_probe=[round(float(v), 6) for v in _probe(encoder)],
+            lexical_probe=_lexical_probe(encoder) if sparse else {},
             lexlens_version=__version__,
         )
         with store.writer() as w:

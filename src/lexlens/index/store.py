@@ -96,6 +96,8 @@ class Manifest:
     created: str = ""
     updated: str = ""
     model_probe: list[float] = field(default_factory=list)
+    # lexical indexes: the probe's sparse vectors, {"text"|"image": [[word id, weight], ...]}
+    lexical_probe: dict[str, list[list[float]]] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     lexlens_version: str = ""
