@@ -78,7 +78,10 @@ def test_explanations_are_grouped_by_query_word(tiny_index, mode) -> None:
             n_groups += len(got)
     assert n_groups > len(QUERIES)
     first = res.hits[0][0].explain_words[0]
-    assert f"matched: {first['query_word']} {first['contribution']:.2f} (" in format_results(res)
+    head = f"matched: {first['query_word']} {first['contribution']:.2f}"
+    # the pieces follow in brackets unless they are just the word itself
+    tail = "" if first["pieces"] == [first["query_word"]] else f" ({', '.join(first['pieces'])})"
+    assert head + tail in format_results(res)
     assert "shared words:" not in format_results(res)
 
 

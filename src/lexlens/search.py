@@ -491,7 +491,13 @@ def _format_explain(explain: Any) -> str:
 
 
 def _format_words(groups: list[dict[str, Any]]) -> str:
-    """``query_word contribution (pieces), ...`` from :func:`explain_by_word`."""
-    return ", ".join(
-        f"{g['query_word']} {g['contribution']:.2f} ({', '.join(g['pieces'])})" for g in groups
-    )
+    """``query_word contribution (pieces), ...`` from :func:`explain_by_word`; the pieces are
+    left out when they are just the word itself."""
+
+    def one(g: dict[str, Any]) -> str:
+        head = f"{g['query_word']} {g['contribution']:.2f}"
+        return (
+            head if list(g["pieces"]) == [g["query_word"]] else f"{head} ({', '.join(g['pieces'])})"
+        )
+
+    return ", ".join(one(g) for g in groups)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,6 +98,31 @@ def test_cli_train_recipe_json_and_reload(tmp_path, capsys) -> None:
     assert "val" in s["history"][-1]
     enc = load_encoder(s["model_spec"])
     assert enc.encode_texts(["a red circle"]).shape == (1, enc.dim)
+
+
+def test_recipe_stage_switches_text_expansion_off(tmp_path) -> None:
+    """A stage with ``text_expansion=False`` refits the heads (towers unchanged) and the saved
+    model keeps the setting: its query vectors hold only the query's own word pieces."""
+    from lexlens.models.minilm import encode_batch
+    from lexlens.train.recipes import Recipe, Stage, run_recipe
+
+    tiny = TrainConfig(objective="lexlip", epochs=1, batch_size=16, warmup_steps=1,
+                       hard_negatives=1, log_every=0)  # fmt: skip
+    heads = replace(tiny, objective="lexical-heads")
+    recipe = Recipe("t", "tiny", (Stage(32, 1, tiny), Stage(32, 2, heads, text_expansion=False)),
+                    n_val=8, val_seed=2)  # fmt: skip
+    run_recipe(recipe, tmp_path / "m", progress=False)
+    enc = load_encoder(f"native:{tmp_path / 'm'}")
+    assert enc.cfg.lexicon.text_expansion is False
+    stage1 = torch.load(tmp_path / "m" / "stage1" / "checkpoint.pt", weights_only=False)["model"]
+    stage2 = torch.load(tmp_path / "m" / "stage2" / "checkpoint.pt", weights_only=False)["model"]
+    for k, v in stage2.items():
+        if not k.startswith(("image_lex.", "text_lex.", "free_table.", "lex_logit", "free_logit")):
+            torch.testing.assert_close(v, stage1[k])
+    texts = ["a big red circle", "three blue stars left of a square"]
+    sp = enc.encode_texts_lexical(texts)
+    for r, t in enumerate(texts):
+        assert set(sp.row(r)[0].tolist()) <= set(encode_batch([t], 32)[0][0].tolist())
 
 
 def test_cli_train_on_a_folder(tmp_path, capsys) -> None:
