@@ -287,14 +287,11 @@ def search_index(
         raise UsageError("no query given")
     state = index._state  # one generation for the whole call, even if an add publishes meanwhile
     vecs = encode_queries(index, queries, query_mode)
-    allowed = None
     conds = parse_where(where)
     # a kind that filters itself (the Milvus backend) gets the conditions instead of an id set
     pushdown = {"where": conds} if conds and getattr(state.kind, "accepts_where", False) else {}
-    if conds and not pushdown:
-        sql, sql_params = where_sql(conds)
-        allowed = state.meta.select_ids(sql, sql_params)
-    s, i = _top(state, vecs, k, params, allowed, min_score, pushdown)
+    sql_where = where_sql(conds) if conds and not pushdown else None
+    s, i = _top(state, vecs, k, params, sql_where, min_score, pushdown)
     rows = state.meta.rows(np.unique(i[i >= 0]))
     explainer = _explainer() if explain and state.sparse is not None else None
     sources = _query_sources(index, queries, query_mode) if explainer is not None else []
@@ -326,6 +323,8 @@ def search_index(
     return SearchResults(s, i, hits, [q.describe() for q in queries])
 
 
+#: a filter is first checked on up to this many of the kind's best candidates (0: never)
+CANDIDATES_FIRST_MAX = 2048
 #: a filter passing at most max(PREFILTER_MIN, n / PREFILTER_SHARE) items is answered exactly
 PREFILTER_MIN = 2048
 PREFILTER_SHARE = 16
@@ -336,20 +335,39 @@ def _top(
     vecs: Vectors,
     k: int,
     params: SearchParams | None,
-    allowed: np.ndarray | None,
+    where: tuple[str, list[Any]] | None,
     min_score: float | None,
     pushdown: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` that pass the filter and the cut-off.
+    """Top-``k`` that pass the filter (``where``: SQL condition and parameters) and the cut-off.
 
-    A selective filter on a dense index is answered by an exact scan of the allowed items'
-    stored vectors; otherwise the kind is asked for 4x, 16x, ... candidates until ``k`` pass
-    or the index is exhausted.
+    A filter is first checked on the kind's best ``4k``, then more (4x a round, or what the
+    pass rate so far says ``k`` needs), candidates only: a few rows looked up by id. When that
+    would take more than :data:`CANDIDATES_FIRST_MAX` candidates, the filter's whole id set
+    is read: a selective filter (at most ``max(PREFILTER_MIN, n / PREFILTER_SHARE)`` items)
+    on a dense index is then answered by an exact scan of the allowed items' stored vectors,
+    otherwise the kind is asked for 4x, 16x, ... ``k`` candidates until ``k`` pass or the index
+    is exhausted.
     """
     from lexlens.index.dense import exact_search
     from lexlens.index.spec import spec_needs
 
     total = state.kind.ntotal
+    allowed = None
+    if where is not None:
+        fetch = min(total, 4 * k)
+        while fetch <= CANDIDATES_FIRST_MAX:
+            s, i = state.kind.search(vecs, max(fetch, 1), params, **pushdown)
+            seen = np.unique(i[i >= 0])
+            passing = state.meta.passing_ids(seen, *where)
+            ok = _keep(i, s, passing, min_score)
+            s, i = sort_results(np.where(ok, s, -np.inf), np.where(ok, i, -1), k)
+            if fetch >= total or ((i >= 0).sum(axis=1) >= min(k, total)).all():
+                return s, i
+            # at this pass rate, how many candidates would give k? (beyond the cap: read the set)
+            rate = len(passing) / max(len(seen), 1)
+            fetch = min(total, max(4 * fetch, int(1.5 * k / max(rate, 1e-9))))
+        allowed = state.meta.select_ids(*where)
     small = allowed is not None and len(allowed) <= max(PREFILTER_MIN, total // PREFILTER_SHARE)
     if small and state.dense is not None and spec_needs(state.spec) == (True, False):
         x = np.asarray(state.dense[state.slots(allowed)], np.float32)

@@ -119,12 +119,16 @@ def test_image_plus_text_is_the_documented_fusion(collection):
     ],
 )
 @pytest.mark.parametrize("min_score", [None, 0.9])
-@pytest.mark.parametrize("route", ["exact-prefilter", "over-fetch"])
+@pytest.mark.parametrize("route", ["candidates-first", "exact-prefilter", "over-fetch"])
 def test_filters_and_min_score_match_naive_filtering(
     collection, where, keep, min_score, route, monkeypatch
 ):
     import lexlens.search
 
+    if route == "candidates-first":  # never read the filter's whole id set before the end
+        monkeypatch.setattr(lexlens.search, "CANDIDATES_FIRST_MAX", 10**9)
+    else:  # read the id set at once
+        monkeypatch.setattr(lexlens.search, "CANDIDATES_FIRST_MAX", 0)
     if route == "over-fetch":  # never take the exact path for selective filters
         monkeypatch.setattr(lexlens.search, "PREFILTER_MIN", 0)
         monkeypatch.setattr(lexlens.search, "PREFILTER_SHARE", 10**9)

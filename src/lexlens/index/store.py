@@ -476,6 +476,19 @@ class MetaDB:
         )
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
+    def passing_ids(self, ids: np.ndarray, where_sql: str, params: Sequence[Any]) -> np.ndarray:
+        """Those of ``ids`` whose rows match the SQL condition (sorted): a filter checked on a
+        few candidates without scanning the table."""
+        ids = np.unique(np.asarray(ids, np.int64))
+        if len(ids) == 0:
+            return ids
+        cur = self._con().execute(
+            f"SELECT id FROM items WHERE id IN (SELECT value FROM json_each(?)) AND ({where_sql})"
+            " ORDER BY id",
+            [json.dumps(ids.tolist()), *params],
+        )
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
     def copy_to(self, dest: Path) -> None:
         """A consistent copy of this database at ``dest`` (sqlite backup API)."""
         src = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
