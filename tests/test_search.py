@@ -147,3 +147,19 @@ def test_queries_that_are_not_a_text_alone_keep_piece_explanations(tiny_index) -
     # the tiny model's [CLS] / [SEP] tokens win pieces too: they stand for the whole query
     words = {e["query_word"] for h in res.hits[2] for e in h.explain}
     assert words <= set(QUERIES[1].split()) | {WHOLE_QUERY}
+
+
+def test_explanation_line_names_the_lexical_score_when_the_hit_is_ranked_by_another() -> None:
+    from lexlens.search import Hit, SearchResults, explain_by_word
+
+    pieces = [
+        {"word": "blue", "id": 1, "query": 1.5, "item": 2.0, "contribution": 3.0, "query_word": "blue"},
+        {"word": "star", "id": 2, "query": 0.5, "item": 2.0, "contribution": 1.0, "query_word": "stars"},
+    ]  # fmt: skip
+    lexical = Hit(1, 7, 4.0, explain=pieces, explain_words=explain_by_word(pieces))
+    fused = Hit(2, 8, 0.91, explain=pieces, explain_words=explain_by_word(pieces))
+    text = format_results(
+        SearchResults(np.zeros((1, 2)), np.array([[7, 8]]), [[lexical, fused]], ["q"])
+    ).splitlines()
+    assert text[2].strip() == "matched: blue 3.00, stars 1.00 (star)"
+    assert text[4].strip() == "matched (lexical score 4.0000): blue 3.00, stars 1.00 (star)"

@@ -2,7 +2,8 @@
 
 Steps: check the model loads (one clear line if it does not), generate ``n`` scenes into
 ``OUT/scenes`` (kept when already there), build ``OUT/index`` (or bring it up to date with
-``add``), then answer a few text queries and one image query, printing the top results.
+``add``), then answer a few text queries and one image query, printing the top results (with
+the query words each lexical match shares).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def run_demo(
     first = index.rows([0]).get(0)
     if first is not None and first.path:
         queries.append(Query(image=first.path))
-    res = index.search(queries, k=k)
+    # a lexical index explains its matches by the query words they share
+    res = index.search(queries, k=k, explain=True)
     text = (
         f"demo collection: {len(index)} scenes in {scenes}, index {idx_dir} ({index.spec})\n\n"
         + format_results(res)
