@@ -207,7 +207,9 @@ def test_default_index_of_a_lexical_model_is_hybrid_and_explains(tmp_path) -> No
     assert len(res.hits[0]) == 5
     for h in res.hits[0]:
         assert [e["word"] for e in h.explain] == ["red"]  # the one word the query has
-    assert "shared words: red" in format_results(res)
+    # ranked by the hybrid score, so the line names the lexical score the words add up to
+    lex = sum(e["contribution"] for e in res.hits[0][0].explain)
+    assert f"shared words (lexical score {lex:.4f}): red" in format_results(res)
     # a raw embedding is answered by the dense part
     e = enc.encode_texts(["blue"])[0]
     res = idx.search(Query(embedding=e), k=4)
