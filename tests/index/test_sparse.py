@@ -91,6 +91,26 @@ def test_exact_search_equals_brute_force(data, spec: str, batches: int, k: int) 
     assert kind.ntotal == len(ids)
 
 
+@pytest.mark.parametrize("budget", [1.0, 0.05])
+def test_a_batch_split_over_threads_gives_the_same_results(data, monkeypatch, budget) -> None:
+    """Rows split over 3 threads (each through all segments): exactly the one-thread results
+    and stats."""
+    import lexlens.index.sparse as sparse_mod
+
+    items, queries, ids = data
+    kind = build("sparse", items, ids, batches=3)
+    monkeypatch.setattr(sparse_mod, "ROWS_PER_THREAD", 10**9)
+    q = sparse_mod.clean_queries(queries)
+    one = kind._search(q, 10, budget)
+    monkeypatch.setattr(sparse_mod, "ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(sparse_mod.os, "cpu_count", lambda: 3)
+    many = kind._search(q, 10, budget)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if budget == 1.0:
+        np.testing.assert_array_equal(many[1], brute(queries, items, ids, 10)[1])
+
+
 def test_padding_when_few_items_share_a_word() -> None:
     rng = np.random.default_rng(1)
     items = random_batch(rng, 50, 3, vocab=VOCAB)
