@@ -187,7 +187,7 @@ def test_lexical_heads_sources_match_a_token_by_token_reference(heads, mode) -> 
     """CLIP BPE: the query word of token t is the k-th word of the text, k = the number of
     word-final (``</w>``) pieces before t."""
     texts = [t.lower().replace(",", "").replace("-", " ") for t in TEXTS]
-    net, raw, special = heads.net, heads.net.towers._raw_pieces(), heads.net.towers.special_ids
+    net, raw, special = heads.net, heads.net.towers.raw_pieces(), heads.net.towers.special_ids
     tok = net.tokenize(texts)
     col = {int(v): j for j, v in enumerate(heads._active.tolist())}
     with torch.no_grad():

@@ -86,7 +86,9 @@ class FrozenTowers:
         """The text tower's input word-piece embeddings ``[V, w_emb]`` (a frozen parameter)."""
         raise NotImplementedError
 
-    def _raw_pieces(self) -> list[str]:
+    def raw_pieces(self) -> list[str]:
+        """The text tokenizer's word pieces by id, as it spells them (``##`` or ``</w>``
+        markers kept): what query-word attribution joins into words."""
         raise NotImplementedError
 
     @property
@@ -127,7 +129,7 @@ class FrozenTowers:
 
     def pieces(self) -> list[str]:
         """Readable text of every row of :meth:`embedding_table` (``[ID]`` where unknown)."""
-        raw = self._raw_pieces()
+        raw = self.raw_pieces()
         n = int(self.embedding_table().shape[0])
         return [_piece_text(raw[i]) if i < len(raw) and raw[i] else f"[{i}]" for i in range(n)]
 
@@ -184,7 +186,7 @@ class _OpenClipTowers(FrozenTowers):
                 return emb.weight
         return m.text.transformer.get_input_embeddings().weight  # an HF text tower
 
-    def _raw_pieces(self) -> list[str]:
+    def raw_pieces(self) -> list[str]:
         tok, hf = self._tokenizer(), self._hf()
         if hf is not None:
             return list(hf.convert_ids_to_tokens(list(range(len(hf)))))
@@ -224,7 +226,7 @@ class _HFTowers(FrozenTowers):
     def embedding_table(self) -> Any:
         return self.module.model.text_model.get_input_embeddings().weight
 
-    def _raw_pieces(self) -> list[str]:
+    def raw_pieces(self) -> list[str]:
         tok = self.module.tokenizer
         return [str(t) for t in tok.convert_ids_to_tokens(list(range(len(tok))))]
 

@@ -258,7 +258,7 @@ class LexHeadsEncoder(LexicalSources, Encoder):
     def _text_pieces(self) -> tuple[Sequence[str], set[int]]:
         if self._raw is None:
             towers = self.net.towers
-            self._raw = (towers._raw_pieces(), set(towers.special_ids))
+            self._raw = (towers.raw_pieces(), set(towers.special_ids))
         return self._raw
 
     def _token_lexical(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any]:
