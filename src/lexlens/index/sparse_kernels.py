@@ -414,30 +414,9 @@ def _gallop(buf, lo, hi, v):  # pragma: no cover
 
 @nb.njit(**_JIT)
 def _score_block(
-    b,
-    loc,
-    dloc,
-    qw,
-    m,
-    lbeg,
-    lend,
-    lcur,
-    seq,
-    buf,
-    tptr,
-    dmask,
-    dchk,
-    post_code,
-    codebook,
-    acc,
-    block,
-    dead,
-    ids,
-    hs_r,
-    hi_r,
-    size,
-    k,
-):  # pragma: no cover
+    b, loc, dloc, qw, m, lbeg, lend, lcur, seq, buf, tptr, dmask, dchk, post_code, codebook,
+    acc, block, dead, ids, hs_r, hi_r, size, k,
+):  # pragma: no cover  # fmt: skip
     """Score the documents of block ``b`` and offer them to the heap; returns
     (postings scored, heap size).
 
@@ -503,35 +482,9 @@ def _gather(ub, n_blocks, lo, hi, exact, cand):  # pragma: no cover
 
 @nb.njit(**_JIT)
 def _score_blocks(
-    cand,
-    n_blocks,
-    exact,
-    ub,
-    unit,
-    limit,
-    scored,
-    loc,
-    dloc,
-    qw,
-    m,
-    lbeg,
-    lend,
-    lcur,
-    buf,
-    tptr,
-    dmask,
-    dchk,
-    post_code,
-    codebook,
-    acc,
-    block,
-    dead,
-    ids,
-    hs_r,
-    hi_r,
-    size,
-    k,
-):  # pragma: no cover
+    cand, n_blocks, exact, ub, unit, limit, scored, loc, dloc, qw, m, lbeg, lend, lcur, buf,
+    tptr, dmask, dchk, post_code, codebook, acc, block, dead, ids, hs_r, hi_r, size, k,
+):  # pragma: no cover  # fmt: skip
     """Score the gathered blocks: exact, in block order, skipping those whose bound is below
     the ``k``-th score; with a budget, best bound first, stopping at the first such block or
     once ``limit`` postings are scored. Returns (postings scored, blocks scored, heap size)."""
