@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "Encoder",
+    "WrappedEncoder",
     "TorchDualEncoder",
     "SparseBatch",
     "ImageInput",
@@ -307,3 +308,20 @@ class Encoder(abc.ABC):
             "vocab_size": len(self.vocab),
             "image_size": self.preprocess_config.image_size,
         }
+
+
+class WrappedEncoder(Encoder):
+    """An encoder whose dense embeddings are those of another, ``inner``: the same name,
+    dimension, preprocessing settings and forward passes (wrappers add to it)."""
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self.preprocess_config = inner.preprocess_config
+
+    def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self.inner._forward_images(pixels)
+
+    def _forward_texts(self, texts: list[str]) -> np.ndarray:
+        return self.inner._forward_texts(texts)

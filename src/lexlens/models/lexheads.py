@@ -32,7 +32,7 @@ import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.attribution import LexicalSources, free_token_weights
-from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, SparseBatch
+from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, SparseBatch, WrappedEncoder
 from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import LexiconConfig
 
@@ -163,7 +163,7 @@ def build_heads_net(dense: Any, cfg: HeadsConfig) -> Any:
     return LexHeadsNet()
 
 
-class LexHeadsEncoder(LexicalSources, Encoder):
+class LexHeadsEncoder(LexicalSources, WrappedEncoder):
     """A dense ``openclip:`` / ``hf:`` encoder plus lexicon heads (lexical output, both query modes).
 
     Dense embeddings are the inner encoder's own; :meth:`trainable` is the heads module (with
@@ -171,22 +171,13 @@ class LexHeadsEncoder(LexicalSources, Encoder):
     """
 
     def __init__(self, inner: Encoder, net: Any, cfg: HeadsConfig) -> None:
-        self.inner = inner
+        WrappedEncoder.__init__(self, inner)
         self.net = net.eval()
         self.cfg = cfg
-        self.name = inner.name
-        self.dim = inner.dim
-        self.preprocess_config = inner.preprocess_config
         self.meta = dict(cfg.meta)
         self._active = np.asarray(cfg.active_ids, np.int64)
         self._vocab: list[str] | None = None
         self._raw: tuple[list[str], set[int]] | None = None
-
-    def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self.inner._forward_images(pixels)
-
-    def _forward_texts(self, texts: list[str]) -> np.ndarray:
-        return self.inner._forward_texts(texts)
 
     # -- lexical -----------------------------------------------------------------------
     @property

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lexlens.errors import NotFoundError, UsageError
-from lexlens.models.base import Encoder, SparseBatch
+from lexlens.models.base import Encoder, SparseBatch, WrappedEncoder
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -72,23 +72,11 @@ def _timed() -> Iterator[None]:
             acc[0] += time.perf_counter() - t0
 
 
-class TimedEncoder(Encoder):
+class TimedEncoder(WrappedEncoder):
     """An :class:`Encoder` that forwards to ``inner`` and records the time spent encoding.
 
     The same vectors as ``inner`` (it is the same model); only the clock differs.
     """
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.dim = inner.dim
-        self.preprocess_config = inner.preprocess_config
-
-    def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self.inner._forward_images(pixels)
-
-    def _forward_texts(self, texts: list[str]) -> np.ndarray:
-        return self.inner._forward_texts(texts)
 
     @property
     def has_lexical(self) -> bool:
