@@ -494,25 +494,23 @@ def format_results(res: SearchResults) -> str:
             if h.text is None and h.captions:
                 what += f'  "{h.captions[0]}"'
             lines.append(f"  {h.rank:>3}  {h.score:7.4f}  #{h.id:<7} {what}")
-            label = _lexical_label(h)
+            note = _lexical_score_note(h)
             if h.explain_words:
-                lines.append(f"       {label('matched')}: {_format_words(h.explain_words)}")
+                lines.append(f"       matched{note}: {_format_words(h.explain_words)}")
             elif h.explain:
-                lines.append(f"       {label('shared words')}: {_format_explain(h.explain)}")
+                lines.append(f"       shared words{note}: {_format_explain(h.explain)}")
     return "\n".join(lines)
 
 
-def _lexical_label(h: Hit) -> Any:
-    """The explanation line's label; with the lexical score when it is not the hit's score
-    (a hybrid index ranks by the fused or dense score)."""
-    total = (
-        float(sum(e["contribution"] for e in h.explain))
-        if isinstance(h.explain, list) and all(isinstance(e, dict) for e in h.explain)
-        else None
-    )
-    if total is None or abs(total - h.score) <= 1e-4 * max(1.0, abs(h.score)):
-        return lambda name: name
-    return lambda name: f"{name} (lexical score {total:.4f})"
+def _lexical_score_note(h: Hit) -> str:
+    """`` (lexical score S)`` for an explanation line when its contributions add up to a
+    score other than the hit's (a hybrid index ranks by the fused or dense score), else ``""``."""
+    if not (isinstance(h.explain, list) and all(isinstance(e, dict) for e in h.explain)):
+        return ""
+    total = float(sum(e["contribution"] for e in h.explain))
+    if abs(total - h.score) <= 1e-4 * max(1.0, abs(h.score)):
+        return ""
+    return f" (lexical score {total:.4f})"
 
 
 def _format_explain(explain: Any) -> str:
