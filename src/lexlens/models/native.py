@@ -364,6 +364,11 @@ class NativeEncoder(LexicalSources, Encoder):
             w, self._active, VOCAB_SIZE, top_k, lc.quant_max, lc.quant_bits, vocab=self.vocab
         )
 
+    def set_text_expansion(self, on: bool) -> None:
+        """Set ``lexicon.text_expansion`` (the net reads it at every call, so it takes effect
+        at once and is saved with the model)."""
+        self.cfg.lexicon.text_expansion = bool(on)
+
     def _require_lexical(self) -> None:
         if not self.has_lexical:
             raise UsageError(

@@ -60,13 +60,12 @@ def run_training(
         return s
     if not req.data:
         raise UsageError("nothing to train on: give data (or a recipe)")
+    from lexlens.models.native import NativeEncoder
     from lexlens.train.data import pairs_from_dataset
 
     encoder, fresh = _starting_model(req)
     if req.text_expansion is not None and not (
-        hasattr(encoder, "cfg")
-        and getattr(encoder.cfg, "lexicon", None) is not None
-        and encoder.cfg.lexicon.enabled
+        isinstance(encoder, NativeEncoder) and encoder.has_lexical
     ):
         raise UsageError("--no-text-expansion applies to native models with lexicon heads")
     size = encoder.preprocess_config.image_size
@@ -87,8 +86,8 @@ def run_training(
         native = hasattr(encoder.trainable(), "image_states")
     except NotImplementedError as e:  # e.g. a lexical: adapter: its inner model trains
         raise UsageError(f"{e}; train the model it wraps instead") from None
-    if req.text_expansion is not None:  # the net reads the setting at every call
-        encoder.cfg.lexicon.text_expansion = req.text_expansion
+    if req.text_expansion is not None:
+        encoder.set_text_expansion(req.text_expansion)
     objective = req.overrides.get("objective") or ("lexlip" if native else "clip")
     if objective == "lexical-heads" and not native:
         encoder = _with_lexicon_heads(encoder, data, req)

@@ -195,8 +195,8 @@ def run_recipe(
             if tr.negatives:
                 texts += [n for per in tr.negatives for ns in per for n in ns]
             enc = build_native(mcfg, texts=texts)
-        if stage.text_expansion is not None:  # the net reads the setting at every call
-            enc.cfg.lexicon.text_expansion = stage.text_expansion
+        if stage.text_expansion is not None:
+            enc.set_text_expansion(stage.text_expansion)
         sdir = Path(out_dir) / f"stage{i}"
         again = resume and (sdir / "checkpoint.pt").is_file()
         if log:
