@@ -163,3 +163,22 @@ def test_explanation_line_names_the_lexical_score_when_the_hit_is_ranked_by_anot
     ).splitlines()
     assert text[2].strip() == "matched: blue 3.00, stars 1.00 (star)"
     assert text[4].strip() == "matched (lexical score 4.0000): blue 3.00, stars 1.00 (star)"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_an_empty_query_text_is_a_usage_error(tiny_index, text, capsys) -> None:
+    from lexlens.errors import UsageError
+
+    with pytest.raises(UsageError, match="query text is empty"):
+        Query(text=text)
+    assert main(["search", str(tiny_index[0]), text]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "query text is empty" in err[0]
+
+
+def test_short_k_option_limits_the_results(tiny_index, capsys) -> None:
+    path, _ = tiny_index
+    for flag in ("-k", "--k"):
+        assert main(["search", str(path), QUERIES[1], flag, "3", "--json"]) == 0
+        hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
+        assert [h["rank"] for h in hits] == [1, 2, 3]

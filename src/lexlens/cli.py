@@ -684,7 +684,7 @@ def _build_search(sub: argparse._SubParsersAction) -> None:
         "--item", type=int, help="search with a stored item's own vector (more like this)"
     )
     p.add_argument("--embedding", help=".npy file with one embedding [d] or several [n, d]")
-    p.add_argument("--k", type=int, default=10, help="results per query")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query")
     p.add_argument("--min-score", type=float, help="drop results scoring below this")
     p.add_argument("--where", help='metadata filter, e.g. "color=red AND n>2"')
     p.add_argument("--nprobe", type=int, help="IVF lists probed (this query only)")
@@ -916,7 +916,7 @@ def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
         help="index specs, comma-separated (ivf1024,pq32 is one spec); ';' also separates",
     )
     p.add_argument("--queries", type=int, default=200, help="number of caption queries")
-    p.add_argument("--k", type=int, default=10, help="results per query (recall@k)")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query (recall@k)")
     p.add_argument("--data", help="dataset whose images are encoded (default: generated scenes)")
     p.add_argument(
         "--encode",
@@ -1083,7 +1083,7 @@ def _build_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo", help="folder for the scenes and the index")
     p.add_argument("--n", type=int, default=2000, help="number of scenes")
     p.add_argument("--model", default="native:scenes-mini", help="model spec")
-    p.add_argument("--k", type=int, default=5, help="results shown per query")
+    p.add_argument("-k", "--k", type=int, default=5, help="results shown per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--serve",

@@ -87,6 +87,8 @@ class Query:
             raise UsageError(
                 "a query is text and/or image, or an item id, or an embedding (exactly one of these)"
             )
+        if self.text is not None and not str(self.text).strip():
+            raise UsageError("the query text is empty")
         if not 0.0 <= float(self.weight) <= 1.0:
             raise UsageError(f"weight must be between 0 and 1, got {self.weight}")
         if isinstance(self.image, str | Path) and not Path(self.image).is_file():
