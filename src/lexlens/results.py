@@ -31,7 +31,9 @@ def sort_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarra
     scores = np.asarray(scores, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
     if scores.ndim != 2 or scores.shape != ids.shape:
-        raise ValueError(f"scores and ids must be matching 2-D arrays, got {scores.shape} and {ids.shape}")
+        raise ValueError(
+            f"scores and ids must be matching 2-D arrays, got {scores.shape} and {ids.shape}"
+        )
     n, m = scores.shape
     out_s, out_i = empty_results(n, k)
     if m == 0 or k == 0:

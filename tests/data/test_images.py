@@ -44,9 +44,13 @@ def test_resize_then_crop_matches_a_reference():
     px = _pixels(30, 60, seed=2)
     cfg = PreprocessConfig(image_size=10, mean=MEAN, std=STD, interpolation="bilinear")
     ref = np.asarray(Image.fromarray(px).resize((20, 10), Image.Resampling.BILINEAR))[:, 5:15]
-    np.testing.assert_allclose(preprocess_image(Image.fromarray(px), cfg), _naive_normalise(ref), atol=1e-5)
+    np.testing.assert_allclose(
+        preprocess_image(Image.fromarray(px), cfg), _naive_normalise(ref), atol=1e-5
+    )
     # nearest neighbour downscale by 3 is plain subsampling: a reference with no PIL at all
-    cfg = PreprocessConfig(image_size=10, mean=MEAN, std=STD, interpolation="nearest", resize_mode="squash")
+    cfg = PreprocessConfig(
+        image_size=10, mean=MEAN, std=STD, interpolation="nearest", resize_mode="squash"
+    )
     px = _pixels(30, 30, seed=3)
     np.testing.assert_allclose(
         preprocess_image(Image.fromarray(px), cfg), _naive_normalise(px[1::3, 1::3]), atol=1e-5
@@ -58,8 +62,12 @@ def test_squash_keeps_the_whole_picture():
     px[:, :5] = 255  # a white band at the far left survives squash, not centre crop
     white = [(1 - m) / s for m, s in zip(MEAN, STD, strict=True)]
     sq = preprocess_image(Image.fromarray(px), PreprocessConfig(10, MEAN, STD, "squash", "nearest"))
-    cr = preprocess_image(Image.fromarray(px), PreprocessConfig(10, MEAN, STD, "shortest", "nearest"))
-    np.testing.assert_allclose(sq[:, :, 0], np.array(white, np.float32)[:, None].repeat(10, 1), atol=1e-5)
+    cr = preprocess_image(
+        Image.fromarray(px), PreprocessConfig(10, MEAN, STD, "shortest", "nearest")
+    )
+    np.testing.assert_allclose(
+        sq[:, :, 0], np.array(white, np.float32)[:, None].repeat(10, 1), atol=1e-5
+    )
     assert (cr < 0).all()
 
 
@@ -76,7 +84,9 @@ def test_modes_become_rgb(tmp_path):
     assert (np.asarray(load_rgb(i16)) == 255).all()
     pal = Image.fromarray(_pixels(8, 8)).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     pal.save(tmp_path / "p.png")
-    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "p.png")), np.asarray(pal.convert("RGB")))
+    np.testing.assert_array_equal(
+        np.asarray(load_rgb(tmp_path / "p.png")), np.asarray(pal.convert("RGB"))
+    )
     frames = [Image.new("RGB", (6, 6), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     assert tuple(np.asarray(load_rgb(tmp_path / "a.gif"))[3, 3]) == (255, 0, 0)

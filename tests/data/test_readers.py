@@ -24,8 +24,10 @@ def test_image_folder_recursive_sorted_known_extensions(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     _img(tmp_path / ".hidden" / "g.png")
     ds = load_dataset(tmp_path)
-    names = sorted([*want, str((tmp_path / "e.gif").resolve()), str((tmp_path / "sub/f.tiff").resolve())],
-                   key=lambda p: os.path.relpath(p, tmp_path))
+    names = sorted(
+        [*want, str((tmp_path / "e.gif").resolve()), str((tmp_path / "sub/f.tiff").resolve())],
+        key=lambda p: os.path.relpath(p, tmp_path),
+    )
     assert ds.format == "folder" and ds.image_paths == names
     assert ds.captions == [[]] * 6 and ds.records is None and ds.fg is None
     assert all(os.path.isabs(p) for p in ds.images)
@@ -34,10 +36,20 @@ def test_image_folder_recursive_sorted_known_extensions(tmp_path):
 def test_captions_jsonl_folder_with_fg_and_records(tmp_path):
     a, b = _img(tmp_path / "images/0.png"), _img(tmp_path / "images/1.png")
     lines = [
-        {"image": "images/0.png", "captions": ["a red square", "red"], "color": "red",
-         "scene": {"kind": "single"}, "caption_meta": [{"objects": []}, {"objects": []}]},
-        {"image": b, "captions": ["another"], "color": "blue", "scene": {"kind": "pair"},
-         "caption_meta": [{"objects": []}]},
+        {
+            "image": "images/0.png",
+            "captions": ["a red square", "red"],
+            "color": "red",
+            "scene": {"kind": "single"},
+            "caption_meta": [{"objects": []}, {"objects": []}],
+        },
+        {
+            "image": b,
+            "captions": ["another"],
+            "color": "blue",
+            "scene": {"kind": "pair"},
+            "caption_meta": [{"objects": []}],
+        },
     ]
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     fg = {"image": "images/0.png", "positive": "a red square", "negatives": ["a blue square"]}
@@ -45,13 +57,20 @@ def test_captions_jsonl_folder_with_fg_and_records(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds.format == "jsonl" and ds.image_paths == [a, b]
     assert ds.captions == [["a red square", "red"], ["another"]]
-    assert ds.records == [{"color": "red", "scene": {"kind": "single"}},
-                          {"color": "blue", "scene": {"kind": "pair"}}]
+    assert ds.records == [
+        {"color": "red", "scene": {"kind": "single"}},
+        {"color": "blue", "scene": {"kind": "pair"}},
+    ]
     assert ds.scenes == [{"kind": "single"}, {"kind": "pair"}]
     assert ds.caption_meta == [[{"objects": []}, {"objects": []}], [{"objects": []}]]
     assert ds.fg == [{**fg, "image": a}]
     info = dataset_info(ds)
-    assert (info["images"], info["captions"], info["fg_items"], info["missing_files"]) == (2, 3, 1, 0)
+    assert (info["images"], info["captions"], info["fg_items"], info["missing_files"]) == (
+        2,
+        3,
+        1,
+        0,
+    )
     assert info["scene_kinds"] == {"single": 1, "pair": 1}
     assert load_dataset(tmp_path / "captions.jsonl").image_paths == [a, b]
 
@@ -105,13 +124,22 @@ def test_parquet(tmp_path):
     table = pa.table({"image": ["a.png"], "captions": [["first", "second"]], "n": [3]})
     pq.write_table(table, tmp_path / "d.parquet")
     ds = load_dataset(tmp_path / "d.parquet", images_root=tmp_path / "imgs")
-    assert ds.image_paths == [a] and ds.captions == [["first", "second"]] and ds.records == [{"n": 3}]
+    assert (
+        ds.image_paths == [a] and ds.captions == [["first", "second"]] and ds.records == [{"n": 3}]
+    )
 
 
 KARPATHY = {
     "images": [
-        {"filename": "1.jpg", "split": "train", "imgid": 0,
-         "sentences": [{"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]}, {"raw": "A dog."}]},
+        {
+            "filename": "1.jpg",
+            "split": "train",
+            "imgid": 0,
+            "sentences": [
+                {"raw": "A dog runs.", "tokens": ["a", "dog", "runs"]},
+                {"raw": "A dog."},
+            ],
+        },
         {"filename": "2.jpg", "split": "test", "imgid": 1, "sentences": [{"raw": "Two cats."}]},
         {"filename": "3.jpg", "split": "restval", "imgid": 2, "sentences": [{"raw": "A bird."}]},
     ],
@@ -139,8 +167,16 @@ def test_karpathy_json_splits_and_roots(tmp_path):
         load_dataset(path, split="val")
     with pytest.raises(DataError, match="unknown split"):
         load_dataset(path, split="dev")
-    coco = {"images": [{"filepath": "val2014", "filename": "c.jpg", "split": "val",
-                        "sentences": [{"raw": "x"}]}]}
+    coco = {
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": "c.jpg",
+                "split": "val",
+                "sentences": [{"raw": "x"}],
+            }
+        ]
+    }
     (tmp_path / "dataset_coco.json").write_text(json.dumps(coco))
     c = _img(tmp_path / "val2014" / "c.jpg")
     assert load_dataset(tmp_path / "dataset_coco.json", split="val").image_paths == [c]
@@ -174,8 +210,25 @@ def test_clear_errors(tmp_path, name, content, message):
 
 def test_cli_data_scenes_and_info(tmp_path, capsys):
     out = tmp_path / "sc"
-    assert main(["data", "scenes", str(out), "--n", "12", "--seed", "3", "--size", "32",
-                 "--workers", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "scenes",
+                str(out),
+                "--n",
+                "12",
+                "--seed",
+                "3",
+                "--size",
+                "32",
+                "--workers",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out)
     assert stats["n"] == 12 and stats["size"] == 32 and stats["images_per_second"] > 0
     assert main(["data", "info", str(out), "--json"]) == 0

@@ -51,8 +51,14 @@ def test_folder_format(tmp_path):
     assert [f["image"] for f in fg] == [r["image"] for r in lines]
     assert all(f["positive"] == r["captions"][0] for f, r in zip(fg, lines, strict=True))
     meta = json.loads((tmp_path / "dataset.json").read_text())
-    assert meta == {"name": "scenes", "n": 12, "seed": 1, "size": 48, "split": "train",
-                    "generator_version": S.GENERATOR_VERSION}
+    assert meta == {
+        "name": "scenes",
+        "n": 12,
+        "seed": 1,
+        "size": 48,
+        "split": "train",
+        "generator_version": S.GENERATOR_VERSION,
+    }
     assert sum(stats["kinds"].values()) == 12
     assert stats["fg_negatives"] == sum(len(f["negatives"]) for f in fg)
 
@@ -83,10 +89,38 @@ def test_vocabulary_covered_in_records_and_captions(items):
     assert {m["count"] for m in metas if "count" in m} == {1, 2, 3}
     assert {m["place"] for m in metas if "place" in m} == set(S.PLACES)
     assert {m["relation"] for m in metas if "relation" in m} == set(S.RELATIONS)
-    words = [*S.COLOURS, "grey", *S.SHAPES, "small", "large", "big", "little", "tiny",
-             "left", "right", "top", "bottom", "middle", "center", "centre", "left of",
-             "right of", "above", "below", "over", "under", "beneath", "one", "two", "three",
-             "a pair of", "2", "3", "crosses", "stars"]
+    words = [
+        *S.COLOURS,
+        "grey",
+        *S.SHAPES,
+        "small",
+        "large",
+        "big",
+        "little",
+        "tiny",
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "middle",
+        "center",
+        "centre",
+        "left of",
+        "right of",
+        "above",
+        "below",
+        "over",
+        "under",
+        "beneath",
+        "one",
+        "two",
+        "three",
+        "a pair of",
+        "2",
+        "3",
+        "crosses",
+        "stars",
+    ]
     for word in words:
         assert re.search(rf"\b{word}\b", text), word
 
@@ -100,7 +134,9 @@ def test_captions_vary(items):
     assert any(c.endswith(".") for c in caps) and any(not c.endswith(".") for c in caps)
 
     def n_details(m):
-        return sum(len(o) for o in m["objects"]) + sum(k in m for k in ("place", "relation", "count"))
+        return sum(len(o) for o in m["objects"]) + sum(
+            k in m for k in ("place", "relation", "count")
+        )
 
     full = {id(it): n_details(S._full_meaning(it.scene)) for it in items}
     partial = sum(n_details(m) < full[id(it)] for it in items for m in it.caption_meta[1:])
@@ -184,9 +220,13 @@ def test_geometry_matches_the_records(items):
         elif sc["kind"] == "single":
             (o,) = sc["objects"]
             x, y = o["x"] - 0.5, o["y"] - 0.5
-            expect = ("center" if max(abs(x), abs(y)) < 0.1
-                      else ("left" if x < 0 else "right") if abs(x) > abs(y)
-                      else ("top" if y < 0 else "bottom"))
+            expect = (
+                "center"
+                if max(abs(x), abs(y)) < 0.1
+                else ("left" if x < 0 else "right")
+                if abs(x) > abs(y)
+                else ("top" if y < 0 else "bottom")
+            )
             assert expect == sc["place"]
         else:
             assert len({(o["colour"], o["shape"], o["size"]) for o in sc["objects"]}) == 1
@@ -220,41 +260,65 @@ def test_rendering_varies_for_one_scene():
     assert len(pics) == 8
 
 
-SCENE = {"kind": "pair", "relation": "left of", "place": None, "count": 2, "objects": [
-    {"colour": "red", "shape": "circle", "size": "large"},
-    {"colour": "blue", "shape": "square", "size": "small"}]}
+SCENE = {
+    "kind": "pair",
+    "relation": "left of",
+    "place": None,
+    "count": 2,
+    "objects": [
+        {"colour": "red", "shape": "circle", "size": "large"},
+        {"colour": "blue", "shape": "square", "size": "small"},
+    ],
+}
 RED, BLUE = {"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "square"}
-THREE = {"kind": "multi", "relation": None, "place": None, "count": 3,
-         "objects": [{"colour": "red", "shape": "star", "size": "small"}] * 3}
-ONE = {"kind": "single", "relation": None, "place": "top", "count": 1,
-       "objects": [{"colour": "red", "shape": "circle", "size": "large"}]}
+THREE = {
+    "kind": "multi",
+    "relation": None,
+    "place": None,
+    "count": 3,
+    "objects": [{"colour": "red", "shape": "star", "size": "small"}] * 3,
+}
+ONE = {
+    "kind": "single",
+    "relation": None,
+    "place": "top",
+    "count": 1,
+    "objects": [{"colour": "red", "shape": "circle", "size": "large"}],
+}
 
 
-@pytest.mark.parametrize(("meaning", "scene", "expected"), [
-    ({"objects": [RED, BLUE], "relation": "left of"}, SCENE, True),
-    ({"objects": [BLUE, RED], "relation": "right of"}, SCENE, True),
-    ({"objects": [RED, BLUE], "relation": "right of"}, SCENE, False),
-    ({"objects": [BLUE, RED], "relation": "left of"}, SCENE, False),
-    ({"objects": [RED, BLUE], "relation": "above"}, SCENE, False),
-    ({"objects": [{"shape": "circle"}, {"shape": "square"}], "relation": "left of"}, SCENE, True),
-    ({"objects": [{"shape": "square"}]}, SCENE, True),
-    ({"objects": [RED, BLUE]}, SCENE, True),
-    ({"objects": [RED, RED]}, SCENE, False),
-    ({"objects": [{"shape": "square", "size": "large"}]}, SCENE, False),
-    ({"objects": [{"shape": "square"}], "count": 2}, SCENE, False),
-    ({"objects": [{"shape": "square"}], "count": 1}, SCENE, True),
-    ({"objects": [RED], "place": "left"}, SCENE, False),
-    ({"objects": [{"colour": "red", "shape": "star"}], "count": 3}, THREE, True),
-    ({"objects": [{"colour": "red", "shape": "star"}], "count": 2}, THREE, False),
-    ({"objects": [{"shape": "star"}], "count": 1}, THREE, False),
-    ({"objects": [{"colour": "red"}]}, THREE, True),
-    ({"objects": [{"colour": "red", "shape": "star"}, {"shape": "star"}]}, THREE, True),
-    ({"objects": [RED], "place": "top"}, ONE, True),
-    ({"objects": [RED], "place": "bottom"}, ONE, False),
-    ({"objects": [{"colour": "red"}], "place": "top"}, ONE, True),
-    ({"objects": [RED], "count": 1}, ONE, True),
-    ({"objects": [RED], "count": 2}, ONE, False),
-    ({"objects": [RED, {"shape": "circle"}]}, ONE, False),
-])
+@pytest.mark.parametrize(
+    ("meaning", "scene", "expected"),
+    [
+        ({"objects": [RED, BLUE], "relation": "left of"}, SCENE, True),
+        ({"objects": [BLUE, RED], "relation": "right of"}, SCENE, True),
+        ({"objects": [RED, BLUE], "relation": "right of"}, SCENE, False),
+        ({"objects": [BLUE, RED], "relation": "left of"}, SCENE, False),
+        ({"objects": [RED, BLUE], "relation": "above"}, SCENE, False),
+        (
+            {"objects": [{"shape": "circle"}, {"shape": "square"}], "relation": "left of"},
+            SCENE,
+            True,
+        ),
+        ({"objects": [{"shape": "square"}]}, SCENE, True),
+        ({"objects": [RED, BLUE]}, SCENE, True),
+        ({"objects": [RED, RED]}, SCENE, False),
+        ({"objects": [{"shape": "square", "size": "large"}]}, SCENE, False),
+        ({"objects": [{"shape": "square"}], "count": 2}, SCENE, False),
+        ({"objects": [{"shape": "square"}], "count": 1}, SCENE, True),
+        ({"objects": [RED], "place": "left"}, SCENE, False),
+        ({"objects": [{"colour": "red", "shape": "star"}], "count": 3}, THREE, True),
+        ({"objects": [{"colour": "red", "shape": "star"}], "count": 2}, THREE, False),
+        ({"objects": [{"shape": "star"}], "count": 1}, THREE, False),
+        ({"objects": [{"colour": "red"}]}, THREE, True),
+        ({"objects": [{"colour": "red", "shape": "star"}, {"shape": "star"}]}, THREE, True),
+        ({"objects": [RED], "place": "top"}, ONE, True),
+        ({"objects": [RED], "place": "bottom"}, ONE, False),
+        ({"objects": [{"colour": "red"}], "place": "top"}, ONE, True),
+        ({"objects": [RED], "count": 1}, ONE, True),
+        ({"objects": [RED], "count": 2}, ONE, False),
+        ({"objects": [RED, {"shape": "circle"}]}, ONE, False),
+    ],
+)
 def test_caption_fits_rules(meaning, scene, expected):
     assert caption_fits(meaning, scene) is expected

@@ -55,7 +55,9 @@ def test_three_stages_on_the_same_images(tmp_path, workers):
     assert r["consistent"] and r["max_abs_diff"] <= 1e-5
     for stage in ("decode", "forward", "end_to_end"):
         s = r[stage]
-        assert s["seconds"] > 0 and s["images_per_second"] == pytest.approx(s["images"] / s["seconds"], rel=0.01)
+        assert s["seconds"] > 0 and s["images_per_second"] == pytest.approx(
+            s["images"] / s["seconds"], rel=0.01
+        )
     assert r["bottleneck"] in ("decode", "forward") and r["workers"] == workers
     text = format_bench_encode(r)
     assert "end_to_end" in text and "unreadable" in text
@@ -71,7 +73,9 @@ def test_forward_rate_reflects_the_model(tmp_path):
 def test_embeddings_are_those_of_the_preprocessed_images(tmp_path):
     paths = _images(tmp_path, 5)
     enc = CountingEncoder()
-    ref = l2_normalize(enc._forward_images(np.stack([preprocess_image(p, enc.preprocess_config) for p in paths])))
+    ref = l2_normalize(
+        enc._forward_images(np.stack([preprocess_image(p, enc.preprocess_config) for p in paths]))
+    )
     np.testing.assert_allclose(enc.encode_images(paths), ref, atol=1e-6)
     assert bench_encode(enc, paths, workers=0)["consistent"]
 
@@ -96,8 +100,20 @@ def counting_backend():
 
 def test_cli_bench_encode(tmp_path, counting_backend, capsys):
     _images(tmp_path, 10)
-    argv = ["bench", "encode", "--model", counting_backend, "--data", str(tmp_path / "sc"),
-            "--n", "7", "--batch-size", "3", "--workers", "0"]
+    argv = [
+        "bench",
+        "encode",
+        "--model",
+        counting_backend,
+        "--data",
+        str(tmp_path / "sc"),
+        "--n",
+        "7",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+    ]
     assert main([*argv, "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n"] == 7 and r["end_to_end"]["images"] == 7 and r["batch_size"] == 3

@@ -167,7 +167,9 @@ class DecodeReport:
         return "\n".join(lines)
 
 
-def _decode_chunk(job: tuple[int, list[str], PreprocessConfig]) -> list[tuple[int, np.ndarray | None, str]]:
+def _decode_chunk(
+    job: tuple[int, list[str], PreprocessConfig],
+) -> list[tuple[int, np.ndarray | None, str]]:
     start, paths, cfg = job
     return [(start + i, *decode_and_preprocess(p, cfg)) for i, p in enumerate(paths)]
 

@@ -41,8 +41,16 @@ from lexlens.errors import DataError
 __all__ = ["Dataset", "load_dataset", "dataset_info", "IMAGE_COLUMNS", "CAPTION_COLUMNS"]
 
 IMAGE_COLUMNS = (
-    "image", "image_path", "path", "filepath", "file_path", "file", "filename", "file_name",
-    "img", "url",
+    "image",
+    "image_path",
+    "path",
+    "filepath",
+    "file_path",
+    "file",
+    "filename",
+    "file_name",
+    "img",
+    "url",
 )
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "title", "description")
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
@@ -172,7 +180,9 @@ def _read_image_folder(folder: Path) -> Dataset:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(
-            os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and is_image_file(f)
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and is_image_file(f)
         )
     if not found:
         raise DataError(f"{folder}: no images found (extensions: {' '.join(IMAGE_EXTENSIONS)})")
@@ -218,7 +228,7 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
     for no, obj in _json_lines(path):
         image = obj.get("image", obj.get("path"))
         if not isinstance(image, str) or not image:
-            raise DataError(f"{path}:{no}: missing the \"image\" path")
+            raise DataError(f'{path}:{no}: missing the "image" path')
         caps = _captions_of(obj.get("captions", obj.get("caption")), f"{path}:{no}")
         meta = obj.get("caption_meta")
         if meta is not None and (not isinstance(meta, list) or len(meta) != len(caps)):
@@ -226,7 +236,13 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
         paths.append(_resolve(image, base))
         captions.append(caps)
         metas.append(meta)
-        records.append({k: v for k, v in obj.items() if k not in ("image", "path", "captions", "caption", "caption_meta")})
+        records.append(
+            {
+                k: v
+                for k, v in obj.items()
+                if k not in ("image", "path", "captions", "caption", "caption_meta")
+            }
+        )
     if not paths:
         raise DataError(f"{path}: no images listed")
     split = None
@@ -255,10 +271,10 @@ def _read_fg(path: Path, base: Path) -> list[dict[str, Any]] | None:
     out = []
     for no, obj in _json_lines(path):
         if not isinstance(obj.get("image"), str) or not isinstance(obj.get("positive"), str):
-            raise DataError(f"{path}:{no}: needs \"image\" and \"positive\"")
+            raise DataError(f'{path}:{no}: needs "image" and "positive"')
         negs = obj.get("negatives")
         if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
-            raise DataError(f"{path}:{no}: \"negatives\" must be a list of strings")
+            raise DataError(f'{path}:{no}: "negatives" must be a list of strings')
         out.append({**obj, "image": _resolve(obj["image"], base)})
     return out
 
@@ -269,7 +285,9 @@ def _read_list(path: Path, images_root: Path | None) -> Dataset:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the list of images ({e})") from None
-    paths = [_resolve(s.strip(), base) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    paths = [
+        _resolve(s.strip(), base) for s in lines if s.strip() and not s.lstrip().startswith("#")
+    ]
     if not paths:
         raise DataError(f"{path}: the list of images is empty")
     return Dataset(path.parent.resolve(), "list", paths, [[] for _ in paths])
@@ -293,7 +311,9 @@ def _read_table_rows(path: Path) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
-def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str | None:
+def _pick_column(
+    columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path
+) -> str | None:
     if given is not None:
         if given not in columns:
             raise DataError(f"{path}: no {what} column {given!r} (columns: {', '.join(columns)})")
@@ -316,7 +336,9 @@ def _table_captions(value: Any, where: str) -> list[str]:
     return _captions_of(value, where)
 
 
-def _read_table(path: Path, image_column: str | None, caption_column: str | None, images_root: Path | None) -> Dataset:
+def _read_table(
+    path: Path, image_column: str | None, caption_column: str | None, images_root: Path | None
+) -> Dataset:
     rows = _read_table_rows(path)
     if not rows:
         raise DataError(f"{path}: the table has no rows")
@@ -359,18 +381,20 @@ def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> D
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise DataError(f"{path}: not a Karpathy split file (expected {{\"images\": [...]}})")
+        raise DataError(f'{path}: not a Karpathy split file (expected {{"images": [...]}})')
     wanted = None
     if split is not None:
         wanted = {s.strip() for s in split.split(",") if s.strip()}
         unknown = wanted - set(KARPATHY_SPLITS)
         if unknown:
-            raise DataError(f"unknown split {', '.join(sorted(unknown))} (expected {', '.join(KARPATHY_SPLITS)})")
+            raise DataError(
+                f"unknown split {', '.join(sorted(unknown))} (expected {', '.join(KARPATHY_SPLITS)})"
+            )
     base = images_root or _karpathy_root(path, images)
     paths, captions, records = [], [], []
     for no, im in enumerate(images):
         if not isinstance(im, dict) or not isinstance(im.get("filename"), str):
-            raise DataError(f"{path}: images[{no}] has no \"filename\"")
+            raise DataError(f'{path}: images[{no}] has no "filename"')
         if wanted is not None and im.get("split") not in wanted:
             continue
         rel = os.path.join(im.get("filepath") or "", im["filename"])
@@ -378,7 +402,13 @@ def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> D
         caps = [s["raw"] if isinstance(s, dict) else str(s) for s in sents]
         paths.append(_resolve(rel, base))
         captions.append([str(c).strip() for c in caps])
-        records.append({k: v for k, v in im.items() if k not in ("sentences", "sentids", "filename", "filepath")})
+        records.append(
+            {
+                k: v
+                for k, v in im.items()
+                if k not in ("sentences", "sentids", "filename", "filepath")
+            }
+        )
     if not paths:
         have = sorted({str(im.get("split")) for im in images if isinstance(im, dict)})
         raise DataError(f"{path}: no images in split {split!r} (splits: {', '.join(have)})")

@@ -120,7 +120,12 @@ PLACES = ("left", "right", "top", "bottom", "center")
 RELATIONS = ("left of", "right of", "above", "below")
 COUNTS = (1, 2, 3)
 KINDS = ("single", "pair", "multi")
-INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+INVERSE_RELATION = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
 
 # light and dark neutrals besides the palette colours themselves: (name it resembles, rgb)
 _NEUTRALS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -177,9 +182,7 @@ def sample_scene(rng: random.Random, kind: str | None = None) -> dict[str, Any]:
         raise ValueError(f"unknown scene kind {kind!r}; expected one of {KINDS}")
     bg_name, bg_rgb = _background(rng)
     colours = [
-        c
-        for c, rgb in COLOURS.items()
-        if c != bg_name and math.dist(rgb, bg_rgb) >= _MIN_CONTRAST
+        c for c, rgb in COLOURS.items() if c != bg_name and math.dist(rgb, bg_rgb) >= _MIN_CONTRAST
     ]
     scene: dict[str, Any] = {
         "kind": kind,
@@ -197,7 +200,10 @@ def sample_scene(rng: random.Random, kind: str | None = None) -> dict[str, Any]:
         scene["place"] = place
     elif kind == "pair":
         while True:
-            a, b = (rng.choice(colours), rng.choice(SHAPES)), (rng.choice(colours), rng.choice(SHAPES))
+            a, b = (
+                (rng.choice(colours), rng.choice(SHAPES)),
+                (rng.choice(colours), rng.choice(SHAPES)),
+            )
             if a != b:
                 break
         rel = rng.choice(RELATIONS)
@@ -235,7 +241,10 @@ def _unit_outline(shape: str) -> list[tuple[float, float]]:
 
     def ring(n: int, start: float = -90.0) -> list[tuple[float, float]]:
         return [
-            (math.cos(math.radians(start + 360.0 * i / n)), math.sin(math.radians(start + 360.0 * i / n)))
+            (
+                math.cos(math.radians(start + 360.0 * i / n)),
+                math.sin(math.radians(start + 360.0 * i / n)),
+            )
             for i in range(n)
         ]
 
@@ -250,17 +259,35 @@ def _unit_outline(shape: str) -> list[tuple[float, float]]:
     if shape == "hexagon":
         return ring(6, 0.0)
     if shape == "star":
-        return [(p[0] * (1.0 if i % 2 == 0 else 0.42), p[1] * (1.0 if i % 2 == 0 else 0.42)) for i, p in enumerate(ring(10))]
+        return [
+            (p[0] * (1.0 if i % 2 == 0 else 0.42), p[1] * (1.0 if i % 2 == 0 else 0.42))
+            for i, p in enumerate(ring(10))
+        ]
     if shape == "cross":
         t = 0.33
-        return [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        return [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     raise ValueError(f"not a polygon shape: {shape}")
 
 
 _OUTLINES = {s: _unit_outline(s) for s in SHAPES if s != "circle"}
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, rot_deg: float) -> list[tuple[float, float]]:
+def _polygon(
+    shape: str, cx: float, cy: float, r: float, rot_deg: float
+) -> list[tuple[float, float]]:
     c, s = math.cos(math.radians(rot_deg)), math.sin(math.radians(rot_deg))
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in _OUTLINES[shape]]
 
@@ -278,7 +305,13 @@ def _paint_background(side: int, rgb: tuple[int, int, int], rng: random.Random) 
         return Image.new("RGB", (side, side), rgb)
     t = np.linspace(-1.0, 1.0, side, dtype=np.float32)
     direction = rng.randrange(3)
-    ramp = t[:, None] if direction == 0 else t[None, :] if direction == 1 else (t[:, None] + t[None, :]) / 2
+    ramp = (
+        t[:, None]
+        if direction == 0
+        else t[None, :]
+        if direction == 1
+        else (t[:, None] + t[None, :]) / 2
+    )
     amp = rng.uniform(6.0, 22.0) * rng.choice((-1.0, 1.0))
     ramp = np.broadcast_to(ramp, (side, side))
     arr = np.asarray(rgb, np.float32)[None, None, :] + (ramp * amp)[:, :, None]
@@ -307,14 +340,18 @@ def render_scene(scene: dict[str, Any], size: int, rng: random.Random) -> Any:
         else:
             draw.polygon(_polygon(o["shape"], cx, cy, r, o["rot"]), fill=fill)
     if ss > 1:
-        resample = rng.choice((Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS))
+        resample = rng.choice(
+            (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS)
+        )
         img = img.resize((size, size), resample)
     u = rng.random()
     if u < 0.15:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
     elif u < 0.35:
         arr = np.asarray(img, dtype=np.float32)
-        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, rng.uniform(2.0, 7.0), arr.shape)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(
+            0.0, rng.uniform(2.0, 7.0), arr.shape
+        )
         img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8), "RGB")
     return img
 
@@ -343,7 +380,9 @@ def caption_fits(meaning: dict[str, Any], scene: dict[str, Any]) -> bool:
         a, b = objs
         rel, srel = meaning["relation"], scene["relation"]
         direct = rel == srel and _obj_fits(descs[0], a) and _obj_fits(descs[1], b)
-        inverse = rel == INVERSE_RELATION[srel] and _obj_fits(descs[0], b) and _obj_fits(descs[1], a)
+        inverse = (
+            rel == INVERSE_RELATION[srel] and _obj_fits(descs[0], b) and _obj_fits(descs[1], a)
+        )
         return direct or inverse
     if "place" in meaning and (scene.get("kind") != "single" or meaning["place"] != scene["place"]):
         return False
@@ -371,14 +410,41 @@ def _distinct_match(descs: list[dict[str, Any]], objs: list[dict[str, Any]]) -> 
 
 
 # ----------------------------------------------------------------------------- words
-_SIZE_WORDS = {"large": ("large", "big", "large", "big"), "small": ("small", "little", "tiny", "small")}
+_SIZE_WORDS = {
+    "large": ("large", "big", "large", "big"),
+    "small": ("small", "little", "tiny", "small"),
+}
 _COLOUR_WORDS: dict[str, tuple[str, ...]] = {c: (c,) for c in COLOURS} | {"gray": ("gray", "grey")}
 _PLACE_WORDS = {
-    "left": ("on the left", "at the left", "on the left side", "in the left part of the picture", "on the left-hand side"),
-    "right": ("on the right", "at the right", "on the right side", "in the right part of the picture", "on the right-hand side"),
+    "left": (
+        "on the left",
+        "at the left",
+        "on the left side",
+        "in the left part of the picture",
+        "on the left-hand side",
+    ),
+    "right": (
+        "on the right",
+        "at the right",
+        "on the right side",
+        "in the right part of the picture",
+        "on the right-hand side",
+    ),
     "top": ("at the top", "near the top", "in the upper part", "at the top of the image", "up top"),
-    "bottom": ("at the bottom", "near the bottom", "in the lower part", "at the bottom of the image", "down at the bottom"),
-    "center": ("in the center", "in the centre", "in the middle", "at the center", "in the middle of the image"),
+    "bottom": (
+        "at the bottom",
+        "near the bottom",
+        "in the lower part",
+        "at the bottom of the image",
+        "down at the bottom",
+    ),
+    "center": (
+        "in the center",
+        "in the centre",
+        "in the middle",
+        "at the center",
+        "in the middle of the image",
+    ),
 }
 _PLACE_SHORT = {
     "left": ("left",),
@@ -397,9 +463,22 @@ _COUNT_WORDS = {1: ("one", "a single", "1"), 2: ("two", "2", "a pair of"), 3: ("
 _THING_WORDS = ("shape", "object", "figure")
 # fillers only in front of noun phrases ("a picture of" + "a red circle on the left")
 _FILLERS = (
-    "", "", "", "", "", "a picture of ", "an image of ", "an image showing ", "a photo of ",
-    "a drawing of ", "there is ", "we can see ", "this image shows ", "here we have ",
-    "an illustration with ", "a render of ",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "a picture of ",
+    "an image of ",
+    "an image showing ",
+    "a photo of ",
+    "a drawing of ",
+    "there is ",
+    "we can see ",
+    "this image shows ",
+    "here we have ",
+    "an illustration with ",
+    "a render of ",
 )
 _PICKS = ("size0", "size1", "col0", "col1", "place", "rel", "count", "thing", "form", "filler")
 
@@ -465,7 +544,12 @@ def realise(meaning: dict[str, Any], style: CaptionStyle) -> str:
         text = _pick_form(
             style,
             (f"{a} {rel} {b}", f"{b} with {a} {rel} it", f"{a} placed {rel} {b}"),
-            (f"{a} is {rel} {b}", f"{rel} {b} there is {a}", f"{rel} {b} is {a}", f"{a} sits {rel} {b}"),
+            (
+                f"{a} is {rel} {b}",
+                f"{rel} {b} there is {a}",
+                f"{rel} {b} is {a}",
+                f"{a} sits {rel} {b}",
+            ),
         )
     elif "count" in meaning:
         n = meaning["count"]
@@ -486,7 +570,12 @@ def realise(meaning: dict[str, Any], style: CaptionStyle) -> str:
         text = _pick_form(
             style,
             (f"{obj} {place}", f"{obj} located {place}"),
-            (f"{obj} is {place}", f"{place} there is {obj}", f"{place}, {obj}", f"{short}: {_noun(descs[0], style, 0)}"),
+            (
+                f"{obj} is {place}",
+                f"{place} there is {obj}",
+                f"{place}, {obj}",
+                f"{short}: {_noun(descs[0], style, 0)}",
+            ),
         )
     else:
         parts = [_article(_noun(d, style, i)) for i, d in enumerate(descs)]
@@ -547,7 +636,10 @@ def _partial(meaning: dict[str, Any], kind: str, rng: random.Random) -> dict[str
 def _orient(meaning: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """Describe a pair from either object's point of view (same meaning)."""
     if "relation" in meaning and rng.random() < 0.5:
-        return {"objects": meaning["objects"][::-1], "relation": INVERSE_RELATION[meaning["relation"]]}
+        return {
+            "objects": meaning["objects"][::-1],
+            "relation": INVERSE_RELATION[meaning["relation"]],
+        }
     return meaning
 
 
@@ -640,8 +732,18 @@ def _make_chunk(job: tuple[int, str, int, int, int, str, int]) -> list[tuple[str
         rel = f"images/{i:0{width}d}.png"
         with open(os.path.join(out, rel), "wb") as f:
             f.write(it.png)
-        cap = {"image": rel, "captions": it.captions, "scene": it.scene, "caption_meta": it.caption_meta}
-        fg = {"image": rel, "positive": it.captions[0], "negatives": it.negatives, "negatives_meta": it.negatives_meta}
+        cap = {
+            "image": rel,
+            "captions": it.captions,
+            "scene": it.scene,
+            "caption_meta": it.caption_meta,
+        }
+        fg = {
+            "image": rel,
+            "positive": it.captions[0],
+            "negatives": it.negatives,
+            "negatives_meta": it.negatives_meta,
+        }
         lines.append((json.dumps(cap), json.dumps(fg), it.scene["kind"], len(it.negatives)))
     return lines
 

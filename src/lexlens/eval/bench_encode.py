@@ -83,7 +83,9 @@ def bench_encode(
     keep_max = max(batch_size, MAX_KEPT_BYTES // per_image)
     kept: list[np.ndarray] = []
     t0 = time.perf_counter()
-    batches = iter_preprocessed(paths, cfg, workers=n_workers, batch_size=batch_size, progress=progress)
+    batches = iter_preprocessed(
+        paths, cfg, workers=n_workers, batch_size=batch_size, progress=progress
+    )
     for _, arr in batches:
         if sum(len(k) for k in kept) < keep_max:
             kept.append(arr)
@@ -105,19 +107,37 @@ def bench_encode(
     t0 = time.perf_counter()
     n_e2e = 0
     first: list[np.ndarray] = []
-    for _, arr in iter_preprocessed(paths, cfg, workers=n_workers, batch_size=batch_size, progress=progress):
+    for _, arr in iter_preprocessed(
+        paths, cfg, workers=n_workers, batch_size=batch_size, progress=progress
+    ):
         emb = encoder.encode_images(list(arr), batch_size=batch_size)
         if n_e2e < len(pixels):
             first.append(emb[: len(pixels) - n_e2e])
         n_e2e += len(arr)
     t_e2e = time.perf_counter() - t0
     emb_e2e = np.concatenate(first)
-    diff = float(np.abs(emb_e2e - emb_forward).max()) if emb_e2e.shape == emb_forward.shape else float("inf")
+    diff = (
+        float(np.abs(emb_e2e - emb_forward).max())
+        if emb_e2e.shape == emb_forward.shape
+        else float("inf")
+    )
 
     stages = {
-        "decode": {"images": report.ok, "seconds": round(t_decode, 6), "images_per_second": _rate(report.ok, t_decode)},
-        "forward": {"images": len(pixels), "seconds": round(t_forward, 6), "images_per_second": _rate(len(pixels), t_forward)},
-        "end_to_end": {"images": n_e2e, "seconds": round(t_e2e, 6), "images_per_second": _rate(n_e2e, t_e2e)},
+        "decode": {
+            "images": report.ok,
+            "seconds": round(t_decode, 6),
+            "images_per_second": _rate(report.ok, t_decode),
+        },
+        "forward": {
+            "images": len(pixels),
+            "seconds": round(t_forward, 6),
+            "images_per_second": _rate(len(pixels), t_forward),
+        },
+        "end_to_end": {
+            "images": n_e2e,
+            "seconds": round(t_e2e, 6),
+            "images_per_second": _rate(n_e2e, t_e2e),
+        },
     }
     slower = min(("decode", "forward"), key=lambda s: stages[s]["images_per_second"])
     return {
@@ -132,7 +152,9 @@ def bench_encode(
         "machine": platform.machine(),
         **stages,
         "bottleneck": slower,
-        "overlap": round(stages["end_to_end"]["images_per_second"] / stages[slower]["images_per_second"], 3),
+        "overlap": round(
+            stages["end_to_end"]["images_per_second"] / stages[slower]["images_per_second"], 3
+        ),
         "consistent": diff <= 1e-5,
         "max_abs_diff": diff,
     }
@@ -147,7 +169,9 @@ def format_bench_encode(r: dict[str, Any]) -> str:
     ]
     for stage in ("decode", "forward", "end_to_end"):
         s = r[stage]
-        lines.append(f"{stage:<12}{s['images']:>8}{s['seconds']:>10.3f}{s['images_per_second']:>11.1f}")
+        lines.append(
+            f"{stage:<12}{s['images']:>8}{s['seconds']:>10.3f}{s['images_per_second']:>11.1f}"
+        )
     lines.append(
         f"bottleneck: {r['bottleneck']}; end to end reaches {100 * r['overlap']:.0f}% of it; "
         f"embeddings {'match' if r['consistent'] else 'DIFFER'} (max |diff| {r['max_abs_diff']:.2g})"
