@@ -83,8 +83,13 @@ def _jpeg_draft(n: int, image_size: int, folder: Path) -> dict:
             fn(p)
         out[name] = round(n / (time.perf_counter() - t0), 1)
     diff = float(np.mean([np.abs(preprocess_image(p, cfg) - full(p)).mean() for p in paths[:10]]))
-    return {"n": n, "source": "1024x768 JPEG q90", "target": image_size,
-            "images_per_second_one_process": out, "mean_abs_diff": round(diff, 4)}
+    return {
+        "n": n,
+        "source": "1024x768 JPEG q90",
+        "target": image_size,
+        "images_per_second_one_process": out,
+        "mean_abs_diff": round(diff, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,21 +99,33 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--jpegs", type=int, default=100)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "encode" / "encode_bench.json"))
+    ap.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "encode" / "encode_bench.json")
+    )
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lexlens-encode-bench-") as tmp:
         root = Path(tmp)
-        gen = generate_scenes(root / "scenes", a.n, seed=0, split="test", workers=a.workers, progress=False)
+        gen = generate_scenes(
+            root / "scenes", a.n, seed=0, split="test", workers=a.workers, progress=False
+        )
         paths = [str(root / "scenes" / "images" / f"{i:06d}.png") for i in range(a.n)]
         enc = ConvEncoder(a.image_size)
         result = bench_encode(enc, paths, batch_size=a.batch_size, workers=a.workers)
         print(format_bench_encode(result))
         (root / "jpg").mkdir()
         jpeg = _jpeg_draft(a.jpegs, a.image_size, root / "jpg")
-        print(f"JPEG 1024x768 -> {a.image_size}: {jpeg['images_per_second_one_process']} images/s (one process)")
+        print(
+            f"JPEG 1024x768 -> {a.image_size}: {jpeg['images_per_second_one_process']} images/s (one process)"
+        )
     report = {
-        "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
-        "scenes_generation": {k: gen[k] for k in ("n", "size", "workers", "seconds", "images_per_second")},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+        },
+        "scenes_generation": {
+            k: gen[k] for k in ("n", "size", "workers", "seconds", "images_per_second")
+        },
         "bench_encode": result,
         "jpeg_draft": jpeg,
     }
