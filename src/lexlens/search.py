@@ -183,11 +183,12 @@ def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "en
     enc = index.encoder if texts or images else None
     if texts:
         t = [str(queries[i].text) for i in texts]
-        dense[texts] = enc.encode_texts(t)
         if want_sparse:
-            sp = encode_query_lexical(enc, t, query_mode)
+            dense[texts], sp = enc.encode_text_queries(t, query_mode)
             for j, i in enumerate(texts):
                 sparse_rows[i] = _row_batch(sp, j)
+        else:
+            dense[texts] = enc.encode_texts(t)
     if images:
         imgs = [queries[i].image for i in images]
         img_dense = enc.encode_images(imgs)

@@ -109,6 +109,27 @@ def test_inference_free_queries_use_only_the_query_words() -> None:
         enc.encode_texts_lexical(["x"], mode="telepathy")
 
 
+@pytest.mark.parametrize("mode", ["encoder", "inference-free"])
+def test_query_texts_in_one_pass_equal_the_separate_calls(mode) -> None:
+    """encode_text_queries gives exactly encode_texts + encode_texts_lexical, across batches."""
+    from lexlens.models.base import Encoder
+
+    enc = build_native("tiny", texts=TEXTS)
+    texts = [*TEXTS, "a pair of red circles", "zebra", "a small blue star to the left"]
+    for impl in (
+        enc.encode_text_queries,
+        lambda t, m, b: Encoder.encode_text_queries(enc, t, m, b),
+    ):
+        dense, sparse = impl(texts, mode, 2)
+        assert np.array_equal(dense, enc.encode_texts(texts, batch_size=2))
+        want = enc.encode_texts_lexical(texts, batch_size=2, mode=mode)
+        assert np.array_equal(sparse.indptr, want.indptr)
+        assert np.array_equal(sparse.indices, want.indices)
+        assert np.array_equal(sparse.values, want.values)
+    with pytest.raises(UsageError):
+        enc.encode_text_queries(["x"], "telepathy")
+
+
 def test_training_mode_is_kept_while_encoding() -> None:
     enc = build_native("tiny", texts=TEXTS)
     enc.trainable().train()

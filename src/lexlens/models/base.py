@@ -287,6 +287,16 @@ class Encoder(abc.ABC):
                 bar.update(len(batch))
         return out
 
+    def encode_text_queries(
+        self, texts: Sequence[str], mode: str = "encoder", batch_size: int = 256
+    ) -> tuple[np.ndarray, SparseBatch]:
+        """Dense embeddings ``float32 [n, dim]`` and lexical weights (query ``mode``) of query
+        texts: the vectors of :meth:`encode_texts` and :func:`encode_query_lexical`. A backend
+        whose towers give both from one forward pass overrides this to run it once."""
+        texts = [str(t) for t in texts]
+        sparse = encode_query_lexical(self, texts, mode, batch_size=batch_size)
+        return self.encode_texts(texts, batch_size=batch_size), sparse
+
     # -- training hooks (backends that can be fine-tuned implement these) -------------
     def trainable(self) -> Any:
         """The underlying ``torch.nn.Module`` following :class:`TorchDualEncoder`, for training.

@@ -29,7 +29,14 @@ import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.attribution import LexicalSources, free_token_weights
-from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, PreprocessConfig, SparseBatch
+from lexlens.models.base import (
+    QUERY_MODES,
+    Encoder,
+    ImageInput,
+    PreprocessConfig,
+    SparseBatch,
+    l2_normalize,
+)
 from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import (
     NativeConfig,
@@ -411,6 +418,27 @@ class NativeEncoder(LexicalSources, Encoder):
                     w = self.net.text_lexical_free(tok)
             parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
         return self._concat(parts)
+
+    def encode_text_queries(
+        self, texts: Sequence[str], mode: str = "encoder", batch_size: int = 256
+    ) -> tuple[np.ndarray, SparseBatch]:
+        """Dense embeddings and lexical weights of query texts; in ``encoder`` mode from one
+        pass of the text tower (the same vectors as the two separate calls)."""
+        self._require_lexical()
+        if self.check_query_mode(mode) != "encoder":
+            return super().encode_text_queries(texts, mode, batch_size)
+        texts = [str(t) for t in texts]
+        dense = np.zeros((len(texts), self.dim), np.float32)
+        parts = []
+        for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
+            tok = self.net.tokenize(texts[a:b])
+            with self._inference():
+                st = self.net.text_states(tok)
+                pooled = self.net.text_pool(st, tok["attention_mask"]).float().numpy()
+                w = self.net.text_lexical(st, tok)
+            dense[a:b] = l2_normalize(pooled)
+            parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
+        return dense, self._concat(parts)
 
     # -- query word attribution (models.attribution.LexicalSources) -------------------------
     @property

@@ -101,6 +101,12 @@ class TimedEncoder(WrappedEncoder):
         with _timed():
             return self.inner.encode_texts(texts, batch_size=batch_size, progress=progress)
 
+    def encode_text_queries(
+        self, texts: Sequence[str], mode: str = "encoder", batch_size: int = 256
+    ) -> tuple[np.ndarray, SparseBatch]:
+        with _timed():
+            return self.inner.encode_text_queries(texts, mode, batch_size=batch_size)
+
     def encode_images_lexical(
         self, images: Sequence[Any], batch_size: int = 64, progress: bool = False
     ) -> SparseBatch:
