@@ -236,6 +236,24 @@ def test_hf_heads_train_save_and_load(family, request, tiny, tmp_path):
     np.testing.assert_allclose(back.encode_images(list(px)), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["openclip", "clip", "siglip"])
+def test_query_texts_in_one_pass_equal_the_separate_calls(family, request, tiny) -> None:
+    """encode_text_queries == the inner encoder's encode_texts + encode_texts_lexical."""
+    from lexlens.models.base import Encoder
+
+    spec = tiny[0] if family == "openclip" else f"hf:{request.getfixturevalue(f'{family}_dir')[0]}"
+    enc = attach_heads(load_encoder(spec), _texts(tiny[4]))
+    texts = [*QUERIES, "a pair of small green stars", "three crosses"]
+    for mode in ("encoder", "inference-free"):
+        for impl in (
+            enc.encode_text_queries,
+            lambda t, m, b: Encoder.encode_text_queries(enc, t, m, b),
+        ):
+            dense, sparse = impl(texts, mode, 2)
+            np.testing.assert_array_equal(dense, enc.inner.encode_texts(texts, batch_size=2))
+            _same(sparse, enc.encode_texts_lexical(texts, batch_size=2, mode=mode))
+
+
 def test_cli_train_lexical_heads_on_openclip(tiny, tmp_path, capsys):
     spec, model, _, scenes, _ = tiny
     out = tmp_path / "m"

@@ -32,7 +32,13 @@ import numpy as np
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.attribution import LexicalSources, free_token_weights
-from lexlens.models.base import QUERY_MODES, Encoder, ImageInput, SparseBatch, WrappedEncoder
+from lexlens.models.base import (
+    QUERY_MODES,
+    Encoder,
+    ImageInput,
+    SparseBatch,
+    WrappedEncoder,
+)
 from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import LexiconConfig
 
@@ -240,6 +246,20 @@ class LexHeadsEncoder(LexicalSources, WrappedEncoder):
                     w = self.net.text_lexical_free(tok)
             parts.append(self._sparse(w.float().numpy(), self.cfg.top_k_text))
         return self._concat(parts)
+
+    def encode_text_queries(
+        self, texts: Sequence[str], mode: str = "encoder", batch_size: int = 256
+    ) -> tuple[np.ndarray, SparseBatch]:
+        """Dense embeddings and lexical weights of query texts; in ``encoder`` mode from one
+        pass of the frozen text tower (its features are the inner encoder's embeddings)."""
+        if self.check_query_mode(mode) != "encoder":
+            return super().encode_text_queries(texts, mode, batch_size)
+
+        def forward(tok: dict[str, Any]) -> tuple[Any, Any]:
+            states, mask, feats = self.net.frozen_text(tok)
+            return feats, self.net.text_lexical(states, mask)
+
+        return self._dense_and_lexical(texts, self.dim, batch_size, self.cfg.top_k_text, forward)
 
     # -- query word attribution (models.attribution.LexicalSources) -------------------------
     @property

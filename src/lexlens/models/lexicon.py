@@ -237,6 +237,24 @@ class LexicalEncoding:
                 yield a, min(n, a + batch_size)
                 bar.update(min(n, a + batch_size) - a)
 
+    def _dense_and_lexical(
+        self, texts: Sequence[str], dim: int, batch_size: int, top_k: int, forward: Any
+    ) -> tuple[np.ndarray, SparseBatch]:
+        """Query texts' L2-normalised embeddings ``[n, dim]`` and top-``top_k`` lexical rows
+        from one pass per batch: ``forward(tokens) -> (embeddings [b, dim], lexicon weights
+        [b, V_active])`` (torch tensors; run without gradients, in eval mode)."""
+        from lexlens.models.base import l2_normalize
+
+        texts = [str(t) for t in texts]
+        dense = np.zeros((len(texts), dim), np.float32)
+        parts = []
+        for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
+            with self._inference():
+                emb, w = forward(self.net.tokenize(texts[a:b]))
+            dense[a:b] = l2_normalize(emb.float().numpy())
+            parts.append(self._sparse(w.float().numpy(), top_k))
+        return dense, self._concat(parts)
+
     def _concat(self, parts: list[SparseBatch]) -> SparseBatch:
         """The batches' rows in order (an empty batch over the vocabulary when none)."""
         return (

@@ -35,7 +35,6 @@ from lexlens.models.base import (
     ImageInput,
     PreprocessConfig,
     SparseBatch,
-    l2_normalize,
 )
 from lexlens.models.lexicon import piece_presence
 from lexlens.models.native_config import (
@@ -427,18 +426,14 @@ class NativeEncoder(LexicalSources, Encoder):
         self._require_lexical()
         if self.check_query_mode(mode) != "encoder":
             return super().encode_text_queries(texts, mode, batch_size)
-        texts = [str(t) for t in texts]
-        dense = np.zeros((len(texts), self.dim), np.float32)
-        parts = []
-        for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
-            tok = self.net.tokenize(texts[a:b])
-            with self._inference():
-                st = self.net.text_states(tok)
-                pooled = self.net.text_pool(st, tok["attention_mask"]).float().numpy()
-                w = self.net.text_lexical(st, tok)
-            dense[a:b] = l2_normalize(pooled)
-            parts.append(self._sparse(w.float().numpy(), self.cfg.lexicon.top_k_text))
-        return dense, self._concat(parts)
+
+        def forward(tok: dict[str, Any]) -> tuple[Any, Any]:
+            st = self.net.text_states(tok)
+            return self.net.text_pool(st, tok["attention_mask"]), self.net.text_lexical(st, tok)
+
+        return self._dense_and_lexical(
+            texts, self.dim, batch_size, self.cfg.lexicon.top_k_text, forward
+        )
 
     # -- query word attribution (models.attribution.LexicalSources) -------------------------
     @property
