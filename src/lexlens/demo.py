@@ -2,17 +2,19 @@
 
 Steps: check the model loads (one clear line if it does not), generate ``n`` scenes into
 ``OUT/scenes`` (kept when already there), build ``OUT/index`` (or bring it up to date with
-``add``), then answer a few text queries and one image query, printing the top results (with
+``add``; an index it cannot open, made by another model or layout or damaged, is moved to
+``OUT/index.stale`` and built anew), then answer a few text queries and one image query, printing the top results (with
 the query words each lexical match shares).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lexlens.errors import ModelNotAvailableError
+from lexlens.errors import DataError, IndexMismatchError, ModelNotAvailableError
 
 __all__ = ["DEMO_QUERIES", "DemoReport", "run_demo"]
 
@@ -71,10 +73,20 @@ def run_demo(
     encoder = _load_model(model)
     scenes = _scenes(out / "scenes", n, seed, progress)
     idx_dir = out / "index"
+    index, build, note = None, {}, ""
     if (idx_dir / "CURRENT").is_file():
-        index = Index.open(idx_dir, model=encoder)
-        build = index.add(scenes, progress=progress)
-    else:
+        try:
+            index = Index.open(idx_dir, model=encoder)
+        except (IndexMismatchError, DataError) as e:
+            # the demo's own index, unusable (another model or layout, damaged): kept aside
+            stale = out / "index.stale"
+            if stale.exists():
+                shutil.rmtree(stale)
+            idx_dir.rename(stale)
+            note = f"rebuilt {idx_dir} (the old one, moved to {stale}: {e})\n"
+        else:
+            build = index.add(scenes, progress=progress)
+    if index is None:
         index = Index.build(scenes, encoder, idx_dir, progress=progress)
         build = index.last_report
     queries = [Query(text=t) for t in DEMO_QUERIES]
@@ -84,7 +96,8 @@ def run_demo(
     # a lexical index explains its matches by the query words they share
     res = index.search(queries, k=k, explain=True)
     text = (
-        f"demo collection: {len(index)} scenes in {scenes}, index {idx_dir} ({index.spec})\n\n"
+        note
+        + f"demo collection: {len(index)} scenes in {scenes}, index {idx_dir} ({index.spec})\n\n"
         + format_results(res)
     )
     return DemoReport(str(scenes), str(idx_dir), len(index), build, res.to_dict()["results"], text)

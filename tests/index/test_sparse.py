@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from lexlens.errors import UsageError
+from lexlens.errors import IndexMismatchError, UsageError
 from lexlens.index.base import KindContext, SearchParams, Vectors
 from lexlens.index.sparse import SparseKind, explain
 from lexlens.index.spec import create_kind, load_kind, parse_spec
@@ -445,5 +445,5 @@ def test_layout_is_smaller_than_raw_and_old_layouts_are_refused(data, tmp_path) 
     meta = json.loads((tmp_path / "sparse.json").read_text())
     meta["format"] = 1
     (tmp_path / "sparse.json").write_text(json.dumps(meta))
-    with pytest.raises(UsageError, match="rebuild"):
+    with pytest.raises(IndexMismatchError, match="rebuild"):
         load_kind(parse_spec("sparse"), tmp_path, KindContext(vocab_size=VOCAB))

@@ -78,7 +78,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lexlens.errors import UsageError
+from lexlens.errors import IndexMismatchError, UsageError
 from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors, register_kind
 from lexlens.index.spec import IndexSpec
 from lexlens.models.base import SparseBatch
@@ -713,7 +713,7 @@ class SparseKind(IndexKind):
         directory = Path(directory)
         meta = json.loads((directory / "sparse.json").read_text())
         if meta.get("format", 1) != FORMAT:
-            raise UsageError(
+            raise IndexMismatchError(
                 f"{directory} holds a sparse index of layout {meta.get('format', 1)}; this "
                 f"lexlens reads layout {FORMAT}: rebuild the index"
             )
