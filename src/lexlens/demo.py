@@ -57,6 +57,39 @@ def _scenes(folder: Path, n: int, seed: int, progress: bool) -> Path:
     return folder
 
 
+def _open_own_index(idx_dir: Path, encoder: Any) -> tuple[Any, str]:
+    """``(index, "")``, or ``(None, why)`` when the demo's index cannot be used: made by another
+    model or an older layout, or damaged (a damage report is checked by opening once more, so a
+    generation published meanwhile is not mistaken for one)."""
+    from lexlens.index.index import Index
+
+    for attempt in range(2):
+        try:
+            return Index.open(idx_dir, model=encoder), ""
+        except IndexMismatchError as e:
+            return None, str(e)
+        except DataError as e:
+            if attempt == 1:
+                return None, str(e)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _move_aside(idx_dir: Path, stale: Path) -> Path:
+    """Rename ``idx_dir`` to ``stale`` (replacing an older one); one clear error if it cannot."""
+    try:
+        if stale.is_symlink() or stale.is_file():
+            stale.unlink()
+        elif stale.exists():
+            shutil.rmtree(stale)
+        idx_dir.rename(stale)
+    except OSError as e:
+        raise DataError(
+            f"cannot move the unusable demo index {idx_dir} to {stale} ({e.strerror or e}); "
+            "remove it or pass another --out"
+        ) from None
+    return stale
+
+
 def run_demo(
     out: str | Path = "demo",
     n: int = 2000,
@@ -75,15 +108,10 @@ def run_demo(
     idx_dir = out / "index"
     index, build, note = None, {}, ""
     if (idx_dir / "CURRENT").is_file():
-        try:
-            index = Index.open(idx_dir, model=encoder)
-        except (IndexMismatchError, DataError) as e:
-            # the demo's own index, unusable (another model or layout, damaged): kept aside
-            stale = out / "index.stale"
-            if stale.exists():
-                shutil.rmtree(stale)
-            idx_dir.rename(stale)
-            note = f"rebuilt {idx_dir} (the old one, moved to {stale}: {e})\n"
+        index, reason = _open_own_index(idx_dir, encoder)
+        if index is None:
+            stale = _move_aside(idx_dir, out / "index.stale")
+            note = f"rebuilt {idx_dir} (the old one, moved to {stale}: {reason})\n"
         else:
             build = index.add(scenes, progress=progress)
     if index is None:
