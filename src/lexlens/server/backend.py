@@ -174,7 +174,8 @@ class SearchOutcome:
 
 
 def _check_text(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
+    """``text`` if it can be encoded; an empty one is refused by :class:`Query` itself."""
+    if not isinstance(text, str):
         raise UsageError("empty query text")
     try:
         text.encode("utf-8")
