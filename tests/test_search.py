@@ -182,3 +182,20 @@ def test_short_k_option_limits_the_results(tiny_index, capsys) -> None:
         assert main(["search", str(path), QUERIES[1], flag, "3", "--json"]) == 0
         hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
         assert [h["rank"] for h in hits] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode", ["encoder", "inference-free"])
+def test_image_and_text_query_vectors_mix_the_separate_encodings(tiny_index, mode) -> None:
+    """An image+text query on a lexical index: the dense vectors fused and the lexical weights
+    mixed by ``weight``, from the encoder's separate calls written out here."""
+    from lexlens.search import encode_queries, fuse
+
+    path, enc = tiny_index
+    idx = Index.open(path, model=enc)
+    image = str(sorted((path.parent / "scenes").rglob("*.png"))[1])
+    v = encode_queries(idx, [Query(image=image, text="a red circle", weight=0.3)], mode)
+    want_dense = fuse(enc.encode_images([image]), enc.encode_texts(["a red circle"]), 0.3)
+    np.testing.assert_array_equal(v.dense[0], want_dense[0])
+    img = enc.encode_images_lexical([image]).to_dense()[0]
+    txt = enc.encode_texts_lexical(["a red circle"], mode=mode).to_dense()[0]
+    np.testing.assert_allclose(v.sparse.to_dense()[0], 0.7 * img + 0.3 * txt, rtol=1e-6)

@@ -41,7 +41,7 @@ import numpy as np
 
 from lexlens.errors import NotFoundError, UsageError
 from lexlens.index.base import SearchParams, Vectors
-from lexlens.models.base import QUERY_MODES, SparseBatch, encode_query_lexical, l2_normalize
+from lexlens.models.base import QUERY_MODES, SparseBatch, l2_normalize
 from lexlens.results import sort_results
 
 if TYPE_CHECKING:
@@ -199,13 +199,14 @@ def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "en
             if img_sparse is not None:
                 sparse_rows[i] = _row_batch(img_sparse, j)
             if q.text is not None:
-                tv = enc.encode_texts([q.text])
-                dense[i] = fuse(img_dense[j : j + 1], tv, q.weight)[0]
                 if img_sparse is not None:
-                    ts = encode_query_lexical(enc, [q.text], query_mode)
+                    tv, ts = enc.encode_text_queries([q.text], query_mode)
                     sparse_rows[i] = _sparse_mix(
                         _row_batch(img_sparse, j), ts, 1.0 - q.weight, q.weight
                     )
+                else:
+                    tv = enc.encode_texts([q.text])
+                dense[i] = fuse(img_dense[j : j + 1], tv, q.weight)[0]
     items = [i for i, q in enumerate(queries) if q.item is not None]
     if items:
         stored = index.vectors([int(queries[i].item) for i in items])  # type: ignore[arg-type]
