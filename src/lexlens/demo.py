@@ -63,15 +63,15 @@ def _open_own_index(idx_dir: Path, encoder: Any) -> tuple[Any, str]:
     generation published meanwhile is not mistaken for one)."""
     from lexlens.index.index import Index
 
-    for attempt in range(2):
+    why = ""
+    for _ in range(2):
         try:
             return Index.open(idx_dir, model=encoder), ""
         except IndexMismatchError as e:
             return None, str(e)
         except DataError as e:
-            if attempt == 1:
-                return None, str(e)
-    raise AssertionError("unreachable")  # pragma: no cover
+            why = str(e)
+    return None, why
 
 
 def _move_aside(idx_dir: Path, stale: Path) -> Path:
