@@ -19,6 +19,7 @@ the contributions of each query word's pieces decomposes the score exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,15 +148,12 @@ class LexicalSources(LexicalEncoding):
         """The raw word pieces of the text tokenizer by id, and its special ids."""
         raise NotImplementedError
 
+    @functools.cached_property
     def _pieces_scheme(self) -> tuple[Sequence[str], set[int], str]:
         """:meth:`_text_pieces` and their :func:`word_scheme`, worked out once per encoder (the
         scheme reads the whole vocabulary)."""
-        cached = self.__dict__.get("_lexlens_pieces_scheme")
-        if cached is None:
-            pieces, special = self._text_pieces()
-            cached = (pieces, special, word_scheme(pieces))
-            self.__dict__["_lexlens_pieces_scheme"] = cached
-        return cached
+        pieces, special = self._text_pieces()
+        return pieces, special, word_scheme(pieces)
 
     def lexical_sources(
         self, texts: Sequence[str], query_mode: str = "encoder", batch_size: int = 256
@@ -166,7 +164,7 @@ class LexicalSources(LexicalEncoding):
             raise UsageError(f"{self.name} has no lexical output")
         self.check_query_mode(query_mode)
         texts = [str(t) for t in texts]
-        pieces, special, scheme = self._pieces_scheme()
+        pieces, special, scheme = self._pieces_scheme
         col = {int(v): j for j, v in enumerate(np.asarray(self._active).tolist())}
         out: list[dict[int, str]] = []
         for a in range(0, len(texts), batch_size):
