@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lexlens.models.base import SparseBatch
+from lexlens.models.base import SparseBatch, l2_normalize
 
 __all__ = [
     "active_piece_ids",
@@ -243,8 +243,6 @@ class LexicalEncoding:
         """Query texts' L2-normalised embeddings ``[n, dim]`` and top-``top_k`` lexical rows
         from one pass per batch: ``forward(tokens) -> (embeddings [b, dim], lexicon weights
         [b, V_active])`` (torch tensors; run without gradients, in eval mode)."""
-        from lexlens.models.base import l2_normalize
-
         texts = [str(t) for t in texts]
         dense = np.zeros((len(texts), dim), np.float32)
         parts = []
