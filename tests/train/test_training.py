@@ -18,7 +18,7 @@ from lexlens.train.loop import TrainConfig, evaluate_pairs, train
 
 @pytest.fixture(scope="module")
 def tiny_set():
-    return pairs_from_scenes(96, seed=5, image_size=32, workers=1, progress=False)
+    return pairs_from_scenes(96, seed=5, image_size=32, workers=1, progress=False, twins=True)
 
 
 def _fresh(data):
@@ -223,3 +223,79 @@ def test_training_swaps_change_one_attribute_and_are_false():
                 assert a.keys() == b.keys()
                 assert sum(a[k] != b[k] for k in a) == 1
     assert flips >= 30 * 5 * 0.9
+
+
+def test_twin_scenes_change_only_places_and_flip_place_captions():
+    import random
+
+    from lexlens.data import scenes as S
+    from lexlens.train.data import twin_scene
+
+    rng = random.Random(3)
+    said = 0
+    for kind in S.KINDS * 40:
+        scene = S.sample_scene(rng, kind)
+        twin = twin_scene(scene)
+        if kind == "multi" or scene["place"] == "center":
+            assert twin is None
+            continue
+        assert twin is not None
+        strip = ("x", "y")
+        assert [{k: v for k, v in o.items() if k not in strip} for o in twin["objects"]] == [
+            {k: v for k, v in o.items() if k not in strip} for o in scene["objects"]
+        ]
+        _, metas, _ = S.write_captions(scene, rng)
+        for m in metas:
+            assert S.caption_fits(m, scene)
+            if "relation" in m or "place" in m:  # says where: false of the twin
+                assert not S.caption_fits(m, twin)
+                said += 1
+            else:  # says nothing of places: still true
+                assert S.caption_fits(m, twin)
+    assert said > 100
+
+
+def test_pairs_with_twins_keep_the_stream_and_draw_the_twins(tmp_path):
+    from lexlens.train.data import pairs_from_scenes
+
+    plain = pairs_from_scenes(24, seed=9, image_size=32, workers=1, progress=False)
+    both = pairs_from_scenes(24, seed=9, image_size=32, workers=1, progress=False, twins=True)
+    assert np.array_equal(plain.images, both.images) and plain.captions == both.captions
+    assert plain.twins is None and both.twins is not None and both.twin_scenes is not None
+    with_twin = [i for i, t in enumerate(both.twin_scenes) if t is not None]
+    assert 0 < len(with_twin) < 24
+    for i in range(24):
+        if i in with_twin:
+            assert not np.array_equal(both.twins[i], both.images[i])
+        else:
+            assert not both.twins[i].any()
+    sub = both.subset(with_twin[:2])
+    assert np.array_equal(sub.twins, both.twins[with_twin[:2]])
+    assert sub.twin_scenes == [both.twin_scenes[i] for i in with_twin[:2]]
+
+
+def test_twins_objective_needs_twin_images(tiny_set, tmp_path):
+    from lexlens.errors import UsageError
+
+    data = replace(tiny_set.subset(range(16)), twins=None, twin_scenes=None)
+    cfg = TrainConfig(objective="lexlip-twins", epochs=1, batch_size=16, checkpoint_every=0)
+    with pytest.raises(UsageError, match="twin images"):
+        train(_fresh(data), data, cfg, tmp_path / "x", progress=False)
+
+
+def test_twins_share_the_image_forward_pass(tiny_set, tmp_path):
+    """Images and their twins go through the image tower as one batch: separate batches would
+    get separate batch-norm statistics, a cue that tells twins apart by itself."""
+    data = tiny_set.subset(range(16))
+    enc = _fresh(data)
+    n_twins = sum(t is not None for t in data.twin_scenes)
+    assert 0 < n_twins < 16
+    sizes = []
+    forward = enc.net.image_states
+    enc.net.image_states = lambda px: sizes.append(px.shape[0]) or forward(px)
+    cfg = TrainConfig(
+        objective="lexlip-twins", epochs=1, batch_size=16, warmup_steps=1, checkpoint_every=0
+    )
+    s = train(enc, data, cfg, tmp_path / "t", progress=False)
+    assert sizes == [16 + n_twins]
+    assert np.isfinite(s["final_loss"]["twins"]) and s["final_loss"]["twins"] > 0

@@ -23,7 +23,14 @@ import numpy as np
 from lexlens.errors import DataError
 from lexlens.models.base import PreprocessConfig
 
-__all__ = ["PairSet", "pairs_from_dataset", "pairs_from_scenes", "training_swaps", "batch_fits"]
+__all__ = [
+    "PairSet",
+    "pairs_from_dataset",
+    "pairs_from_scenes",
+    "training_swaps",
+    "batch_fits",
+    "twin_scene",
+]
 
 
 @dataclass
@@ -41,6 +48,11 @@ class PairSet:
     scenes: list[dict[str, Any]] | None = None
     negatives: list[list[list[str]]] | None = None
     source: str = ""
+    #: counterfactual twins (``pairs_from_scenes(..., twins=True)``): image ``i`` drawn again
+    #: with its objects moved (:func:`twin_scene`), ``uint8 [n, 3, S, S]``, and the moved scene
+    #: records (``None`` where a scene has no twin; its image row is then zeros)
+    twins: np.ndarray | None = None
+    twin_scenes: list[dict[str, Any] | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -60,6 +72,8 @@ class PairSet:
             pick(self.scenes),
             pick(self.negatives),
             self.source,
+            None if self.twins is None else self.twins[np.asarray(idx, dtype=np.int64)],
+            pick(self.twin_scenes),
         )
 
 
@@ -145,7 +159,7 @@ def _scene_chunk(
 
     from lexlens.data import scenes as S
 
-    seed, split, start, stop, size, vary = job
+    seed, split, start, stop, size, vary, with_twins = job
     out = []
     for i in range(start, stop):
         rng = random.Random(f"lexlens-train:{S.GENERATOR_VERSION}:{seed}:{split}:{i}")
@@ -156,7 +170,15 @@ def _scene_chunk(
             cand = [S.realise(x, st) for x in training_swaps(m, scene, rng)]
             negs.append(sorted({c for c in cand if c != t}))
         render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
+        before = rng.getstate()
         im = S.render_scene(scene, render, rng)
+        twin = twin_scene(scene) if with_twins else None
+        twin_im = None
+        if twin is not None:  # drawn with the same random choices: only the places differ
+            after = rng.getstate()
+            rng.setstate(before)
+            twin_im = S.render_scene(twin, render, rng)
+            rng.setstate(after)
         if render != size:
             filt = rng.choice(
                 (
@@ -167,9 +189,45 @@ def _scene_chunk(
                 )
             )
             im = im.resize((size, size), filt)
+            twin_im = twin_im.resize((size, size), filt) if twin_im is not None else None
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
-        out.append((arr, texts, metas, scene, negs))
+        tw = None
+        if twin_im is not None:
+            tw = np.asarray(twin_im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+        out.append((arr, texts, metas, scene, negs, twin, tw))
     return out
+
+
+_MIRROR_PLACE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def twin_scene(scene: dict[str, Any]) -> dict[str, Any] | None:
+    """The scene with its objects moved so that what captions say of places changes, all
+    else equal: a pair's two objects trade places (so the relation inverts); a single object
+    moves to the mirrored place (left <-> right, top <-> bottom). ``None`` for other scenes
+    and an object in the centre. A twin drawn with the same random choices is a hard
+    negative *image* for a caption naming the place or relation (training only)."""
+    import copy
+
+    from lexlens.data import scenes as S
+
+    kind = scene.get("kind")
+    if kind == "pair" and scene.get("relation") in S.INVERSE_RELATION:
+        t = copy.deepcopy(scene)
+        a, b = t["objects"]
+        a["x"], a["y"], b["x"], b["y"] = b["x"], b["y"], a["x"], a["y"]
+        t["relation"] = S.INVERSE_RELATION[scene["relation"]]
+        return t
+    if kind == "single" and scene.get("place") in _MIRROR_PLACE:
+        t = copy.deepcopy(scene)
+        o = t["objects"][0]
+        if scene["place"] in ("left", "right"):
+            o["x"] = 1.0 - o["x"]
+        else:
+            o["y"] = 1.0 - o["y"]
+        t["place"] = _MIRROR_PLACE[scene["place"]]
+        return t
+    return None
 
 
 # shapes a small renderer confuses most: each is swapped for its look-alikes first
@@ -235,8 +293,11 @@ def pairs_from_scenes(
     vary_render: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    twins: bool = False,
 ) -> PairSet:
-    """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``)."""
+    """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``; ``twins``
+    adds each pair and placed single scene's counterfactual twin, :func:`twin_scene`, without
+    changing the rest)."""
     import os
     from multiprocessing import get_context
 
@@ -245,18 +306,24 @@ def pairs_from_scenes(
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = 256
     jobs = [
-        (seed, split, a, min(n, a + chunk), image_size, vary_render) for a in range(0, n, chunk)
+        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins)
+        for a in range(0, n, chunk)
     ]
     images = np.zeros((n, 3, image_size, image_size), np.uint8)
+    twin_images = np.zeros_like(images) if twins else None
     caps, metas, scenes, negs = [], [], [], []
+    twin_scenes: list[dict[str, Any] | None] = []
     pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.imap(_scene_chunk, jobs) if pool else map(_scene_chunk, jobs)
         with progress_bar(n, "render scenes", "img", progress) as bar:
             k = 0
             for part in results:
-                for arr, t, m, s, ng in part:
+                for arr, t, m, s, ng, tw_scene, tw in part:
                     images[k] = arr
+                    if twin_images is not None and tw is not None:
+                        twin_images[k] = tw
+                    twin_scenes.append(tw_scene)
                     caps.append(t)
                     metas.append(m)
                     scenes.append(s)
@@ -267,7 +334,16 @@ def pairs_from_scenes(
         if pool is not None:
             pool.close()
             pool.join()
-    return PairSet(images, caps, metas, scenes, negs, source=f"scenes(seed={seed}, split={split})")
+    return PairSet(
+        images,
+        caps,
+        metas,
+        scenes,
+        negs,
+        source=f"scenes(seed={seed}, split={split})",
+        twins=twin_images,
+        twin_scenes=twin_scenes if twins else None,
+    )
 
 
 def batch_fits(meanings: Sequence[dict[str, Any]], scenes: Sequence[dict[str, Any]]) -> np.ndarray:
