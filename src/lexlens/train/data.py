@@ -152,9 +152,10 @@ def _fg_negatives(path: str, ds: Any, keep: list[int]) -> list[list[list[str]]] 
 
 
 def _scene_chunk(
-    job: tuple[int, str, int, int, int, bool],
-) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]]]]:
-    """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory."""
+    job: tuple[int, str, int, int, int, bool, bool],
+) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]], Any, Any]]:
+    """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory, each
+    with its twin scene and image (``None`` without twins)."""
     from PIL import Image
 
     from lexlens.data import scenes as S
@@ -171,13 +172,12 @@ def _scene_chunk(
             negs.append(sorted({c for c in cand if c != t}))
         render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
         before = rng.getstate()
-        im = S.render_scene(scene, render, rng)
+        drawn = [S.render_scene(scene, render, rng)]
         twin = twin_scene(scene) if with_twins else None
-        twin_im = None
         if twin is not None:  # drawn with the same random choices: only the places differ
             after = rng.getstate()
             rng.setstate(before)
-            twin_im = S.render_scene(twin, render, rng)
+            drawn.append(S.render_scene(twin, render, rng))
             rng.setstate(after)
         if render != size:
             filt = rng.choice(
@@ -188,13 +188,13 @@ def _scene_chunk(
                     Image.Resampling.BOX,
                 )
             )
-            im = im.resize((size, size), filt)
-            twin_im = twin_im.resize((size, size), filt) if twin_im is not None else None
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
-        tw = None
-        if twin_im is not None:
-            tw = np.asarray(twin_im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
-        out.append((arr, texts, metas, scene, negs, twin, tw))
+            drawn = [im.resize((size, size), filt) for im in drawn]
+        arrs = [
+            np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy() for im in drawn
+        ]
+        out.append(
+            (arrs[0], texts, metas, scene, negs, twin, arrs[1] if twin is not None else None)
+        )
     return out
 
 

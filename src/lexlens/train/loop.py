@@ -434,9 +434,9 @@ def _twins_loss(
     idx: np.ndarray,
     cap: np.ndarray,
     tidx: np.ndarray,
-    img: Any,
-    tw: Any,
+    logits: Any,
     txt: Any,
+    tw: Any,
     pos: Any,
 ) -> Any:
     """Text-to-image multi-positive InfoNCE over the batch's images *and* the counterfactual
@@ -448,20 +448,19 @@ def _twins_loss(
     Measured on unseen scenes (one 100k-scene stage): a place caption picks its own picture
     over the twin 100% of the time instead of 85%; for a pair's relation it stays at chance.
 
-    ``img [B, d]``, ``tw [T, d]`` (the twins of images ``tidx``), ``txt [B, d]`` normalised;
-    ``pos bool [B, B]``."""
+    ``logits [B, B]`` the batch's scaled text-image scores, ``txt [B, d]`` and ``tw [T, d]``
+    (the twins of images ``tidx``) normalised; ``pos bool [B, B]``."""
     import torch
 
     assert data.twin_scenes is not None and data.meanings is not None
     if len(tidx) == 0:
-        return img.sum() * 0.0
+        return logits.sum() * 0.0
     fits = batch_fits(
         [data.meanings[i][j] for i, j in zip(idx, cap, strict=True)],
         [data.twin_scenes[i] for i in tidx],
     )  # [B, T]
-    scale = net.logit_scale.exp().clamp(max=100)
-    logits = scale * txt @ torch.cat([img, tw], 0).t()  # [B, B + T]
-    return multi_positive_nce(logits, torch.cat([pos, torch.from_numpy(fits)], 1))
+    with_twins = torch.cat([logits, scaled_logits(txt, tw, net.logit_scale)], 1)  # [B, B + T]
+    return multi_positive_nce(with_twins, torch.cat([pos, torch.from_numpy(fits)], 1))
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
@@ -561,7 +560,9 @@ def _step(
     if "dense" in terms:
         out["dense"] = dense_loss(txt, img, logits)
     if "twins" in terms:
-        out["twins"] = cfg.w_twins * _twins_loss(net, data, idx, cap, tidx, img, tw, txt[:B], pos)
+        out["twins"] = cfg.w_twins * _twins_loss(
+            net, data, idx, cap, tidx, logits, txt[:B], tw, pos
+        )
     if not {"lexical", "free", "bottleneck"} & set(terms):
         return out
     il, zmax = net.image_lexical_with_logits(ist)  # [B, V] weights and max-pooled word logits
