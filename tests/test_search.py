@@ -199,3 +199,22 @@ def test_image_and_text_query_vectors_mix_the_separate_encodings(tiny_index, mod
     img = enc.encode_images_lexical([image]).to_dense()[0]
     txt = enc.encode_texts_lexical(["a red circle"], mode=mode).to_dense()[0]
     np.testing.assert_allclose(v.sparse.to_dense()[0], 0.7 * img + 0.3 * txt, rtol=1e-6)
+
+
+def test_an_explained_search_encodes_its_queries_once(tiny_index, monkeypatch) -> None:
+    path, enc = tiny_index
+    idx = Index.open(path, model=enc)
+    plain = idx.search(_texts(), k=5)
+    calls = []
+    original = enc.net.text_states
+
+    def counted(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(enc.net, "text_states", counted)
+    explained = idx.search(_texts(), k=5, explain=True)
+    assert len(calls) == 1  # the query vectors and their words come from the same pass
+    np.testing.assert_array_equal(explained.ids, plain.ids)
+    np.testing.assert_array_equal(explained.scores, plain.scores)
+    assert all(h.explain_words for hits in explained.hits for h in hits)

@@ -162,6 +162,15 @@ def _sparse_mix(a: SparseBatch, b: SparseBatch, wa: float, wb: float) -> SparseB
 def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "encoder") -> Vectors:
     """Dense (and, when the index uses them, lexical) vectors of the queries; query texts'
     lexical weights in ``query_mode`` (module docstring)."""
+    return _encode_queries(index, queries, query_mode, attribute=False)[0]
+
+
+def _encode_queries(
+    index: Index, queries: Sequence[Query], query_mode: str, attribute: bool
+) -> tuple[Vectors, list[dict[int, str] | None]]:
+    """:func:`encode_queries`, and per query ``{piece id: query word}`` when ``attribute`` and
+    it is a text alone whose encoder can tell (``explained_text_queries``,
+    :mod:`lexlens.models.attribution`: the same pass that gives its vectors), else ``None``."""
     from lexlens.index.spec import spec_needs
 
     _, want_sparse = spec_needs(index.spec)
@@ -178,12 +187,18 @@ def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "en
     dim = index._state.manifest.dim
     dense = np.zeros((n, dim), np.float32)
     sparse_rows: list[SparseBatch | None] = [None] * n
+    sources: list[dict[int, str] | None] = [None] * n
     texts = [i for i, q in enumerate(queries) if q.text is not None and q.image is None]
     images = [i for i, q in enumerate(queries) if q.image is not None]
     enc = index.encoder if texts or images else None
     if texts:
         t = [str(queries[i].text) for i in texts]
-        if want_sparse:
+        explained = getattr(enc, "explained_text_queries", None) if attribute else None
+        if want_sparse and explained is not None:
+            dense[texts], sp, found = explained(t, query_mode)
+            for j, i in enumerate(texts):
+                sparse_rows[i], sources[i] = _row_batch(sp, j), found[j]
+        elif want_sparse:
             dense[texts], sp = enc.encode_text_queries(t, query_mode)
             for j, i in enumerate(texts):
                 sparse_rows[i] = _row_batch(sp, j)
@@ -243,7 +258,7 @@ def encode_queries(index: Index, queries: Sequence[Query], query_mode: str = "en
         sparse = sparse_from_rows([r.row(0) for r in parts], parts[0].vocab_size) if parts else None
         if sparse is not None:
             sparse.vocab = parts[0].vocab
-    return Vectors(dense=dense, sparse=sparse)
+    return Vectors(dense=dense, sparse=sparse), sources
 
 
 def _row_batch(sp: SparseBatch, j: int) -> SparseBatch:
@@ -290,15 +305,14 @@ def search_index(
     if not queries:
         raise UsageError("no query given")
     state = index._state  # one generation for the whole call, even if an add publishes meanwhile
-    vecs = encode_queries(index, queries, query_mode)
+    explainer = _explainer() if explain and state.sparse is not None else None
+    vecs, sources = _encode_queries(index, queries, query_mode, attribute=explainer is not None)
     conds = parse_where(where)
     # a kind that filters itself (the Milvus backend) gets the conditions instead of an id set
     pushdown = {"where": conds} if conds and getattr(state.kind, "accepts_where", False) else {}
     sql_where = where_sql(conds) if conds and not pushdown else None
     s, i = _top(state, vecs, k, params, sql_where, min_score, pushdown)
     rows = state.meta.rows(np.unique(i[i >= 0]))
-    explainer = _explainer() if explain and state.sparse is not None else None
-    sources = _query_sources(index, queries, query_mode) if explainer is not None else []
     hits: list[list[Hit]] = []
     for r in range(len(queries)):
         row_hits = []
@@ -387,25 +401,6 @@ def _top(
         if fetch >= total or enough.all() or allowed is None:
             return s, i
         fetch = min(total, fetch * 4)
-
-
-def _query_sources(
-    index: Index, queries: Sequence[Query], query_mode: str
-) -> list[dict[int, str] | None]:
-    """Per query, ``{piece id: query word}`` when it is a text alone and the encoder can tell
-    (``lexical_sources``, :mod:`lexlens.models.attribution`), else ``None``.
-
-    The texts go to the encoder in the same order and batch as :func:`encode_queries` sends
-    them, so the pieces are exactly those of the query vectors.
-    """
-    out: list[dict[int, str] | None] = [None] * len(queries)
-    texts = [i for i, q in enumerate(queries) if q.text is not None and q.image is None]
-    attribute = getattr(index.encoder, "lexical_sources", None) if texts else None
-    if attribute is not None:
-        found = attribute([str(queries[i].text) for i in texts], query_mode)
-        for i, src in zip(texts, found, strict=True):
-            out[i] = src
-    return out
 
 
 def _attribute(explain: Any, sources: dict[int, str]) -> tuple[Any, list[dict[str, Any]] | None]:

@@ -206,3 +206,33 @@ def test_lexical_heads_sources_match_a_token_by_token_reference(heads, mode) -> 
         won = _winners(net, states[r], mask[r] > 0, ids, col, mode)
         assert src == {v: words[won[v]] for v in sp.row(r)[0].tolist()}
         assert src
+
+
+@pytest.mark.parametrize("mode", ["encoder", "inference-free"])
+@pytest.mark.parametrize("which", ["native", "heads"])
+def test_explained_queries_are_the_separate_calls_from_one_pass(request, which, mode) -> None:
+    """``explained_text_queries`` gives ``encode_text_queries``' vectors and
+    ``lexical_sources``' words, running the text tower once per batch."""
+    enc = request.getfixturevalue(which)
+    texts = TEXTS if which == "native" else [t.lower() for t in TEXTS]
+    dense, sparse = enc.encode_text_queries(texts, mode)
+    sources = enc.lexical_sources(texts, mode)
+    tower = "text_states" if which == "native" else "frozen_text"
+    calls = []
+    original = getattr(enc.net, tower)
+
+    def counted(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    setattr(enc.net, tower, counted)
+    try:
+        got_dense, got_sparse, got_sources = enc.explained_text_queries(texts, mode, batch_size=3)
+    finally:
+        delattr(enc.net, tower)
+    assert len(calls) == 2  # two batches (3 + 1 texts), one tower pass each
+    np.testing.assert_allclose(got_dense, dense, rtol=0, atol=1e-6)
+    for r in range(len(texts)):
+        np.testing.assert_array_equal(got_sparse.row(r)[0], sparse.row(r)[0])
+        np.testing.assert_array_equal(got_sparse.row(r)[1], sparse.row(r)[1])
+    assert got_sources == sources and any(sources)

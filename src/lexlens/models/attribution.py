@@ -14,7 +14,8 @@ A hit's lexical score is ``sum_p q_p * d_p`` over the pieces query and item shar
 the contributions of each query word's pieces decomposes the score exactly.
 
 :class:`LexicalSources` gives encoders with such heads the optional capability
-``lexical_sources(texts, query_mode) -> [{vocabulary id: query word}]``.
+``lexical_sources(texts, query_mode) -> [{vocabulary id: query word}]``, and
+``explained_text_queries``: the query vectors and those sources from one pass.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lexlens.errors import UsageError
+from lexlens.models.base import SparseBatch, l2_normalize
 from lexlens.models.lexicon import LexicalEncoding
 
 __all__ = [
@@ -135,6 +137,7 @@ class LexicalSources(LexicalEncoding):
 
     _text_top_k: int
     name: str
+    dim: int
     has_lexical: bool
     check_query_mode: Any  # the Encoder's
 
@@ -155,36 +158,75 @@ class LexicalSources(LexicalEncoding):
         pieces, special = self._text_pieces()
         return pieces, special, word_scheme(pieces)
 
+    def _token_outputs(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any, Any]:
+        """``(dense [b, d] unnormalised, pooled, per-token, real)``: :meth:`_token_lexical`'s
+        tensors and the text embedding, from one pass of the text tower."""
+        raise NotImplementedError
+
+    def _check_sources(self, query_mode: str) -> None:
+        if not self.has_lexical:
+            raise UsageError(f"{self.name} has no lexical output")
+        self.check_query_mode(query_mode)
+
+    def _batch_sources(
+        self, tok: dict[str, Any], sp: SparseBatch, per_token: Any, real: Any
+    ) -> list[dict[int, str]]:
+        """``{vocabulary id: query word}`` for each row of the batch's query vectors ``sp``."""
+        pieces, special, scheme = self._pieces_scheme
+        col = self._active_column
+        ids = tok["input_ids"].numpy()
+        per_token, real = per_token.float().numpy(), real.numpy().astype(bool)
+        out: list[dict[int, str]] = []
+        for r in range(len(sp)):
+            vocab_ids = sp.row(r)[0].tolist()
+            if per_token.shape[1] != ids.shape[1]:
+                out.append(dict.fromkeys(vocab_ids, WHOLE_QUERY))
+                continue
+            words = token_words(ids[r], real[r], pieces, special, scheme)
+            won = max_pool_sources(per_token[r], real[r], [col[v] for v in vocab_ids])
+            out.append(
+                {v: words[p] or WHOLE_QUERY for v, p in zip(vocab_ids, won.tolist(), strict=True)}
+            )
+        return out
+
+    @functools.cached_property
+    def _active_column(self) -> dict[int, int]:
+        """Vocabulary id -> column of the lexicon heads' active pieces."""
+        return {int(v): j for j, v in enumerate(np.asarray(self._active).tolist())}
+
     def lexical_sources(
         self, texts: Sequence[str], query_mode: str = "encoder", batch_size: int = 256
     ) -> list[dict[int, str]]:
         """For each text, ``{vocabulary id: query word}`` over every non-zero piece of its
         lexical query vector in ``query_mode`` (same top-k and quantisation; module docstring)."""
-        if not self.has_lexical:
-            raise UsageError(f"{self.name} has no lexical output")
-        self.check_query_mode(query_mode)
+        self._check_sources(query_mode)
         texts = [str(t) for t in texts]
-        pieces, special, scheme = self._pieces_scheme
-        col = {int(v): j for j, v in enumerate(np.asarray(self._active).tolist())}
         out: list[dict[int, str]] = []
         for a in range(0, len(texts), batch_size):
             tok = self.net.tokenize(texts[a : a + batch_size])
             with self._inference():
                 pooled, per_token, real = self._token_lexical(tok, query_mode)
             sp = self._sparse(pooled.float().numpy(), self._text_top_k)
-            ids = tok["input_ids"].numpy()
-            per_token, real = per_token.float().numpy(), real.numpy().astype(bool)
-            for r in range(len(sp)):
-                vocab_ids = sp.row(r)[0].tolist()
-                if per_token.shape[1] != ids.shape[1]:
-                    out.append(dict.fromkeys(vocab_ids, WHOLE_QUERY))
-                    continue
-                words = token_words(ids[r], real[r], pieces, special, scheme)
-                won = max_pool_sources(per_token[r], real[r], [col[v] for v in vocab_ids])
-                out.append(
-                    {
-                        v: words[p] or WHOLE_QUERY
-                        for v, p in zip(vocab_ids, won.tolist(), strict=True)
-                    }
-                )
+            out += self._batch_sources(tok, sp, per_token, real)
         return out
+
+    def explained_text_queries(
+        self, texts: Sequence[str], query_mode: str = "encoder", batch_size: int = 256
+    ) -> tuple[np.ndarray, SparseBatch, list[dict[int, str]]]:
+        """What ``encode_text_queries`` and :meth:`lexical_sources` give (the dense embeddings,
+        the lexical query vectors, and which query word each piece came from), from one pass
+        of the text tower per batch: an explained search encodes its query once."""
+        self._check_sources(query_mode)
+        texts = [str(t) for t in texts]
+        dense = np.zeros((len(texts), self.dim), np.float32)
+        parts: list[SparseBatch] = []
+        out: list[dict[int, str]] = []
+        for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
+            tok = self.net.tokenize(texts[a:b])
+            with self._inference():
+                emb, pooled, per_token, real = self._token_outputs(tok, query_mode)
+            dense[a:b] = l2_normalize(emb.float().numpy())
+            sp = self._sparse(pooled.float().numpy(), self._text_top_k)
+            parts.append(sp)
+            out += self._batch_sources(tok, sp, per_token, real)
+        return dense, self._concat(parts), out

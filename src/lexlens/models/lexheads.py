@@ -274,13 +274,22 @@ class LexHeadsEncoder(LexicalSources, WrappedEncoder):
 
     def _token_lexical(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any]:
         if mode == "encoder":
-            states, mask, _ = self.net.frozen_text(tok)
-            per_token = self.net.text_lex.token_weights(states, self.net.active_table())
-            return self.net.text_lexical(states, mask), per_token, mask > 0
+            return self._token_outputs(tok, mode)[1:]
+        return self._free_token_lexical(tok)
+
+    def _free_token_lexical(self, tok: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Inference-free ``(pooled, per-token, real)``: the learned table, no network."""
         real = self.net.towers.mask(tok) > 0
         pos = self.net.active_lut[tok["input_ids"].clamp(0, self.cfg.vocab_size - 1)]
         per_token = free_token_weights(pos, real, self.net.free_table.weights())
         return self.net.text_lexical_free(tok), per_token, real
+
+    def _token_outputs(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any, Any]:
+        states, mask, feats = self.net.frozen_text(tok)
+        if mode != "encoder":
+            return (feats, *self._free_token_lexical(tok))
+        per_token = self.net.text_lex.token_weights(states, self.net.active_table())
+        return feats, self.net.text_lexical(states, mask), per_token, mask > 0
 
     # -- training / saving -----------------------------------------------------------------
     def trainable(self) -> Any:

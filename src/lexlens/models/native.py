@@ -444,14 +444,24 @@ class NativeEncoder(LexicalSources, Encoder):
         return self.vocab, set(_SPECIAL_IDS)
 
     def _token_lexical(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any]:
-        real = tok["attention_mask"] > 0
         if mode == "encoder":
-            st = self.net.text_states(tok)
-            pooled = self.net.text_lexical(st, tok)
-            return pooled, self.net.text_token_weights(st, tok), real
+            return self._token_outputs(tok, mode)[1:]
+        return self._free_token_lexical(tok)
+
+    def _free_token_lexical(self, tok: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """Inference-free ``(pooled, per-token, real)``: the learned table, no network."""
+        real = tok["attention_mask"] > 0
         pos = self.net.active_lut[tok["input_ids"]]
         per_token = free_token_weights(pos, real, self.net.free_table.weights())
         return self.net.text_lexical_free(tok), per_token, real
+
+    def _token_outputs(self, tok: dict[str, Any], mode: str) -> tuple[Any, Any, Any, Any]:
+        st = self.net.text_states(tok)
+        dense = self.net.text_pool(st, tok["attention_mask"])
+        if mode != "encoder":
+            return (dense, *self._free_token_lexical(tok))
+        real = tok["attention_mask"] > 0
+        return dense, self.net.text_lexical(st, tok), self.net.text_token_weights(st, tok), real
 
     # -- training / saving ------------------------------------------------------------
     def trainable(self) -> Any:

@@ -128,16 +128,20 @@ class TimedEncoder(WrappedEncoder):
             return encode_query_lexical(self.inner, texts, mode, batch_size, progress)
 
     @property
-    def lexical_sources(self) -> Callable[..., list[dict[int, str]]] | None:
-        """The inner encoder's query-word attribution of lexical queries (timed), or ``None``
-        when it has none (:mod:`lexlens.models.attribution`)."""
-        attribute = getattr(self.inner, "lexical_sources", None)
-        if attribute is None:
+    def explained_text_queries(
+        self,
+    ) -> Callable[..., tuple[np.ndarray, SparseBatch, list[dict[int, str]]]] | None:
+        """The inner encoder's query vectors with their query-word attribution, from one pass
+        (timed), or ``None`` when it has none (:mod:`lexlens.models.attribution`)."""
+        explained = getattr(self.inner, "explained_text_queries", None)
+        if explained is None:
             return None
 
-        def timed(texts: Sequence[str], query_mode: str = "encoder") -> list[dict[int, str]]:
+        def timed(
+            texts: Sequence[str], query_mode: str = "encoder"
+        ) -> tuple[np.ndarray, SparseBatch, list[dict[int, str]]]:
             with _timed():
-                return attribute(texts, query_mode)
+                return explained(texts, query_mode)
 
         return timed
 
