@@ -125,6 +125,20 @@ def test_recipe_stage_switches_text_expansion_off(tmp_path) -> None:
         assert set(sp.row(r)[0].tolist()) <= set(encode_batch([t], 32)[0][0].tolist())
 
 
+def test_recipe_stage_draws_spread_sizes(tmp_path) -> None:
+    from lexlens.train.recipes import Recipe, Stage, run_recipe
+
+    tiny = TrainConfig(objective="lexlip", epochs=1, batch_size=16, warmup_steps=1,
+                       hard_negatives=1, log_every=0)  # fmt: skip
+    recipe = Recipe("t", "tiny", (Stage(16, 1, tiny), Stage(16, 2, tiny, size_spread=0.2)),
+                    n_val=8, val_seed=2)  # fmt: skip
+    summary = run_recipe(recipe, tmp_path / "m", progress=False)
+    assert [s["source"] for s in summary["stages"]] == [
+        "scenes(seed=1, split=train)",
+        "scenes(seed=2, split=train, size_spread=0.2)",
+    ]
+
+
 def test_cli_train_on_a_folder(tmp_path, capsys) -> None:
     from lexlens.data.scenes import generate_scenes
 
@@ -299,3 +313,35 @@ def test_twins_share_the_image_forward_pass(tiny_set, tmp_path):
     s = train(enc, data, cfg, tmp_path / "t", progress=False)
     assert sizes == [16 + n_twins]
     assert np.isfinite(s["final_loss"]["twins"]) and s["final_loss"]["twins"] > 0
+
+
+def test_size_spread_keeps_scenes_and_captions_and_draws_other_sizes():
+    from lexlens.data import scenes as S
+    from lexlens.train.data import LARGE_MIN_R, SMALL_MAX_R, pairs_from_scenes, twin_scene
+
+    plain = pairs_from_scenes(60, seed=4, image_size=32, workers=1, progress=False, twins=True)
+    spread = pairs_from_scenes(
+        60, seed=4, image_size=32, workers=1, progress=False, twins=True, size_spread=0.3
+    )
+    assert spread.captions == plain.captions and spread.negatives == plain.negatives
+    ratios = []
+    for a, b, tw, metas in zip(
+        plain.scenes, spread.scenes, spread.twin_scenes, spread.meanings, strict=True
+    ):
+        assert {k: v for k, v in a.items() if k != "objects"} == {
+            k: v for k, v in b.items() if k != "objects"
+        }
+        for oa, ob in zip(a["objects"], b["objects"], strict=True):
+            assert {k: oa[k] for k in ("colour", "shape", "size", "rot")} == {
+                k: ob[k] for k in ("colour", "shape", "size", "rot")
+            }
+            assert ob["r"] <= SMALL_MAX_R if ob["size"] == "small" else ob["r"] >= LARGE_MIN_R
+            assert ob["r"] + 0.01 <= ob["x"] <= 1 - ob["r"] - 0.01 + 1e-12
+            assert ob["r"] + 0.01 <= ob["y"] <= 1 - ob["r"] - 0.01 + 1e-12
+            ratios.append(ob["r"] / oa["r"])
+        for m in metas:
+            assert S.caption_fits(m, b)  # every caption still true of what is drawn
+        if tw is not None:  # the twin: the same objects at the same (spread) sizes
+            assert tw == twin_scene(b)
+    assert min(ratios) < 0.8 and max(ratios) > 1.2  # sizes really spread (both ways)
+    assert not np.array_equal(spread.images, plain.images)

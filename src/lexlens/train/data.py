@@ -30,6 +30,7 @@ __all__ = [
     "training_swaps",
     "batch_fits",
     "twin_scene",
+    "spread_sizes",
 ]
 
 
@@ -151,8 +152,26 @@ def _fg_negatives(path: str, ds: Any, keep: list[int]) -> list[list[list[str]]] 
     return out
 
 
+#: radius bounds that keep "small" and "large" apart when :func:`spread_sizes` rescales them
+SMALL_MAX_R, LARGE_MIN_R = 0.105, 0.12
+
+
+def spread_sizes(scene: dict[str, Any], spread: float, rng: random.Random) -> None:
+    """Draw each object of ``scene`` (in place) at its radius times ``uniform(1 - spread,
+    1 + spread)``, small ones at most :data:`SMALL_MAX_R` and large ones at least
+    :data:`LARGE_MIN_R`, their centres moved only as far as keeps them inside the picture.
+    Training only: the model meets objects smaller and larger than the generator draws (a
+    renderer of its own may draw them so; shapes under ~4.8 px were its most missed)."""
+    for o in scene["objects"]:
+        r = o["r"] * rng.uniform(1.0 - spread, 1.0 + spread)
+        r = min(r, SMALL_MAX_R) if o["size"] == "small" else max(r, LARGE_MIN_R)
+        o["r"] = r
+        o["x"] = min(max(o["x"], r + 0.01), 1.0 - r - 0.01)
+        o["y"] = min(max(o["y"], r + 0.01), 1.0 - r - 0.01)
+
+
 def _scene_chunk(
-    job: tuple[int, str, int, int, int, bool, bool],
+    job: tuple[int, str, int, int, int, bool, bool, float],
 ) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]], Any, Any]]:
     """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory, each
     with its twin scene and image (``None`` without twins)."""
@@ -160,11 +179,13 @@ def _scene_chunk(
 
     from lexlens.data import scenes as S
 
-    seed, split, start, stop, size, vary, with_twins = job
+    seed, split, start, stop, size, vary, with_twins, size_spread = job
     out = []
     for i in range(start, stop):
         rng = random.Random(f"lexlens-train:{S.GENERATOR_VERSION}:{seed}:{split}:{i}")
         scene = S.sample_scene(rng)
+        if size_spread > 0:  # its own random stream: the scenes and captions stay the same
+            spread_sizes(scene, size_spread, random.Random(f"lexlens-sizes:{seed}:{split}:{i}"))
         texts, metas, styles = S.write_captions(scene, rng)
         negs: list[list[str]] = []
         for m, st, t in zip(metas, styles, texts, strict=True):
@@ -294,10 +315,12 @@ def pairs_from_scenes(
     progress: bool = True,
     workers: int | None = None,
     twins: bool = False,
+    size_spread: float = 0.0,
 ) -> PairSet:
     """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``; ``twins``
     adds each pair and placed single scene's counterfactual twin, :func:`twin_scene`, without
-    changing the rest)."""
+    changing the rest; ``size_spread`` > 0 draws objects at other sizes, :func:`spread_sizes`,
+    with the same scenes and captions)."""
     import os
     from multiprocessing import get_context
 
@@ -306,7 +329,7 @@ def pairs_from_scenes(
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = 256
     jobs = [
-        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins)
+        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins, size_spread)
         for a in range(0, n, chunk)
     ]
     images = np.zeros((n, 3, image_size, image_size), np.uint8)
@@ -340,7 +363,8 @@ def pairs_from_scenes(
         metas,
         scenes,
         negs,
-        source=f"scenes(seed={seed}, split={split})",
+        source=f"scenes(seed={seed}, split={split}"
+        + (f", size_spread={size_spread})" if size_spread > 0 else ")"),
         twins=twin_images,
         twin_scenes=twin_scenes if twins else None,
     )
