@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lexlens.errors import UsageError
-from lexlens.models.base import SparseBatch, l2_normalize
+from lexlens.models.base import SparseBatch
 from lexlens.models.lexicon import LexicalEncoding
 
 __all__ = [
@@ -217,16 +217,15 @@ class LexicalSources(LexicalEncoding):
         the lexical query vectors, and which query word each piece came from), from one pass
         of the text tower per batch: an explained search encodes its query once."""
         self._check_sources(query_mode)
-        texts = [str(t) for t in texts]
-        dense = np.zeros((len(texts), self.dim), np.float32)
-        parts: list[SparseBatch] = []
         out: list[dict[int, str]] = []
-        for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
-            tok = self.net.tokenize(texts[a:b])
-            with self._inference():
-                emb, pooled, per_token, real = self._token_outputs(tok, query_mode)
-            dense[a:b] = l2_normalize(emb.float().numpy())
-            sp = self._sparse(pooled.float().numpy(), self._text_top_k)
-            parts.append(sp)
-            out += self._batch_sources(tok, sp, per_token, real)
-        return dense, self._concat(parts), out
+        dense, sparse = self._dense_and_lexical(
+            texts,
+            self.dim,
+            batch_size,
+            self._text_top_k,
+            lambda tok: self._token_outputs(tok, query_mode),
+            lambda tok, sp, per_token, real: out.extend(
+                self._batch_sources(tok, sp, per_token, real)
+            ),
+        )
+        return dense, sparse, out

@@ -238,19 +238,29 @@ class LexicalEncoding:
                 bar.update(min(n, a + batch_size) - a)
 
     def _dense_and_lexical(
-        self, texts: Sequence[str], dim: int, batch_size: int, top_k: int, forward: Any
+        self,
+        texts: Sequence[str],
+        dim: int,
+        batch_size: int,
+        top_k: int,
+        forward: Any,
+        each_batch: Any = None,
     ) -> tuple[np.ndarray, SparseBatch]:
         """Query texts' L2-normalised embeddings ``[n, dim]`` and top-``top_k`` lexical rows
         from one pass per batch: ``forward(tokens) -> (embeddings [b, dim], lexicon weights
-        [b, V_active])`` (torch tensors; run without gradients, in eval mode)."""
+        [b, V_active], *more)`` (torch tensors; run without gradients, in eval mode), then
+        ``each_batch(tokens, the batch's lexical rows, *more)`` when given."""
         texts = [str(t) for t in texts]
         dense = np.zeros((len(texts), dim), np.float32)
         parts = []
         for a, b in self._batches(len(texts), batch_size, "encode queries", "txt", False):
+            tok = self.net.tokenize(texts[a:b])
             with self._inference():
-                emb, w = forward(self.net.tokenize(texts[a:b]))
+                emb, w, *more = forward(tok)
             dense[a:b] = l2_normalize(emb.float().numpy())
             parts.append(self._sparse(w.float().numpy(), top_k))
+            if each_batch is not None:
+                each_batch(tok, parts[-1], *more)
         return dense, self._concat(parts)
 
     def _concat(self, parts: list[SparseBatch]) -> SparseBatch:

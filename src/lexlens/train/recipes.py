@@ -44,7 +44,7 @@ class Recipe:
     description: str = ""
 
 
-#: one epoch of fresh scenes with counterfactual twins (the last two stages of scenes-mini)
+#: one epoch of fresh scenes with counterfactual twins (the last three stages of scenes-mini)
 _TWINS = TrainConfig(
     objective="lexlip-twins",
     epochs=1,
@@ -142,11 +142,7 @@ RECIPES: dict[str, Recipe] = {
             # places: each single-object or pair scene also drawn with its objects moved, that
             # twin a hard negative image for captions naming the place (fresh scenes, one epoch:
             # 20k scenes for 3-4 epochs memorised their twins instead)
-            Stage(
-                100000,
-                41,
-                _TWINS,
-            ),
+            Stage(100000, 41, _TWINS),
             # sizes: the same stage on 100k more scenes whose objects are drawn 0.75-1.25 times
             # their size (small ones down to 3.6 px radius): shapes of small objects were the
             # most missed on an independently drawn set
