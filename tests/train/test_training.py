@@ -345,3 +345,26 @@ def test_size_spread_keeps_scenes_and_captions_and_draws_other_sizes():
             assert tw == twin_scene(b)
     assert min(ratios) < 0.8 and max(ratios) > 1.2  # sizes really spread (both ways)
     assert not np.array_equal(spread.images, plain.images)
+
+
+def test_roles_heads_live_in_the_checkpoint_not_in_the_model(tiny_set, tmp_path):
+    from lexlens.errors import UsageError
+    from lexlens.train.roles import RoleHeads
+
+    data = tiny_set.subset(range(16))
+    enc = _fresh(data)
+    keys = set(enc.net.state_dict())
+    cfg = TrainConfig(
+        objective="lexlip-roles", epochs=2, batch_size=8, warmup_steps=1, checkpoint_every=0
+    )
+    s = train(enc, data, replace(cfg, stop_after=2), tmp_path / "r", progress=False)
+    assert s["final_loss"]["roles"] > 0 and s["final_loss"]["layout"] > 0
+    assert set(enc.net.state_dict()) == keys  # the saved model is the same architecture
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert set(ck["role_heads"]) == set(RoleHeads.for_net(enc.net).module.state_dict())
+    s2 = train(enc, data, cfg, tmp_path / "r", progress=False, resume=True)
+    assert s2["steps"] == 4
+    plain = data.subset(range(16))
+    plain.scenes = None  # pairs without scene records (any dataset read from disk)
+    with pytest.raises(UsageError, match="lexlip-roles|twin"):
+        train(_fresh(plain), plain, cfg, tmp_path / "p", progress=False)

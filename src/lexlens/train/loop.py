@@ -48,6 +48,16 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "lexlip-words": ("dense", "lexical", "free", "bottleneck", "words"),
     "lexlip-grounded": ("dense", "lexical", "free", "bottleneck", "words", "text_words"),
     "lexlip-twins": ("dense", "lexical", "free", "bottleneck", "words", "text_words", "twins"),
+    "lexlip-roles": (
+        "dense",
+        "lexical",
+        "free",
+        "bottleneck",
+        "words",
+        "text_words",
+        "twins",
+        "roles",
+    ),
     "lexlip-distill": ("dense", "lexical", "free", "bottleneck", "distill"),
     "lexical-heads": ("lexical", "free", "distill"),
 }
@@ -72,6 +82,8 @@ class TrainConfig:
     w_distill: float = 1.0
     w_words: float = 1.0  # image -> caption words (multi-label) through the image lexicon head
     w_twins: float = 1.0  # text -> image InfoNCE with counterfactual twin images added
+    w_roles: float = 1.0  # object words and patches: which side of the other object (roles.py)
+    w_layout: float = 1.0  # pooled embeddings -> the pair's layout code through a linear probe
     flops_image: float = 2e-3
     flops_text: float = 1e-3
     flops_ramp: float = 0.3  # share of the steps over which the FLOPS weights ramp up (quadratic)
@@ -314,6 +326,17 @@ def train(
             f"objective {cfg.objective!r} needs counterfactual twin images, which only "
             "generated scenes have (the training recipes); use lexlip-grounded for other data"
         )
+    roles = None
+    if "roles" in terms:
+        if data.scenes is None or data.meanings is None or not native:
+            raise UsageError(
+                f"objective {cfg.objective!r} needs a native model and generated scenes (their "
+                "records and caption meanings: the training recipes); use lexlip-grounded"
+            )
+        from lexlens.train.roles import RoleHeads
+
+        roles = RoleHeads.for_net(net)
+        opt.add_param_group({"params": list(roles.module.parameters()), "weight_decay": 0.0})
     step, history, seconds = 0, [], 0.0
     if resume:
         if not ckpt_path.is_file():
@@ -324,6 +347,8 @@ def train(
         step, history, seconds = int(ck["step"]), list(ck["history"]), float(ck.get("seconds", 0.0))
         if "siglip_bias" in ck:
             siglip_bias.data.fill_(float(ck["siglip_bias"]))
+        if roles is not None and "role_heads" in ck:
+            roles.module.load_state_dict(ck["role_heads"])
     mean, std = encoder.preprocess_config.mean, encoder.preprocess_config.std
     images_t = torch.from_numpy(data.images)
     # [n, V] 0/1: the word pieces of each image's captions (targets of the "words" term)
@@ -339,6 +364,7 @@ def train(
             "seconds": seconds + time.perf_counter() - t_start,
             "config": asdict(cfg),
             "siglip_bias": float(siglip_bias.detach()),
+            **({"role_heads": roles.module.state_dict()} if roles is not None else {}),
         }
 
     _train_mode(net, heads_only)
@@ -371,6 +397,7 @@ def train(
                     siglip_bias,
                     step / max(1, total),
                     word_bags,
+                    roles,
                 )
                 loss = sum(losses.values())
                 opt.zero_grad(set_to_none=True)
@@ -463,6 +490,56 @@ def _twins_loss(
     return multi_positive_nce(with_twins, torch.cat([pos, torch.from_numpy(fits)], 1))
 
 
+def _role_terms(
+    net: Any,
+    roles: Any,
+    cfg: TrainConfig,
+    data: PairSet,
+    idx: np.ndarray,
+    cap: np.ndarray,
+    tidx: np.ndarray,
+    texts: list[str],
+    tst: Any,
+    ist: Any,
+    txt: Any,
+    img: Any,
+) -> dict[str, Any]:
+    """The ``roles`` and ``layout`` terms (:mod:`lexlens.train.roles`) of a batch: ``tst [B+N,
+    L, w]`` and ``txt [B+N, d]`` (the first ``B`` are ``texts``), ``ist [B+T, 1+P, w]`` and
+    ``img [B+T, d]`` (images ``idx``, then the twins of images ``tidx``)."""
+    from lexlens.models import minilm
+    from lexlens.train.roles import (
+        image_role_targets,
+        layout_targets,
+        role_losses,
+        text_role_targets,
+    )
+
+    assert data.scenes is not None and data.meanings is not None
+    B = len(idx)
+    meanings = [data.meanings[i][j] for i, j in zip(idx, cap, strict=True)]
+    scenes = [data.scenes[i] for i in idx]
+    if len(tidx):
+        assert data.twin_scenes is not None
+        scenes += [data.twin_scenes[i] for i in tidx]
+    encs = minilm.get_tokenizer(net.cfg.text.max_tokens).encode_batch(texts)
+    words = [e.word_ids for e in encs]
+    offsets = [e.offsets for e in encs]
+    tt, tm = text_role_targets(meanings, words, texts, offsets)
+    out = role_losses(
+        roles,
+        tst[:B],
+        ist,
+        txt[:B],
+        img,
+        (tt, tm),
+        image_role_targets(scenes, int(net.grid)),
+        layout_targets(meanings),
+        layout_targets(scenes),
+    )
+    return {"roles": cfg.w_roles * out["roles"], "layout": cfg.w_layout * out["layout"]}
+
+
 def _epoch_line(entry: dict[str, Any]) -> str:
     parts = [f"epoch {entry['epoch']} step {entry['step']}", "loss " + json.dumps(entry["loss"])]
     for kind, v in entry.get("val", {}).items():
@@ -488,6 +565,7 @@ def _step(
     siglip_bias: Any,
     progress_frac: float,
     word_bags: Any = None,
+    roles: Any = None,
 ) -> dict[str, Any]:
     """The loss terms of one batch (``lexical``: ``net`` has lexicon heads)."""
     import torch
@@ -554,8 +632,12 @@ def _step(
         tst = net.text_states(tok)  # [B+N, L, w]
         mask = tok["attention_mask"]
         img = F.normalize(net.image_pool(ist), dim=-1)  # [B (+ T), d]
-        img, tw, ist = img[:B], img[B:], ist[:B]
         txt = F.normalize(net.text_pool(tst, mask), dim=-1)  # [B+N, d]
+        if "roles" in terms:
+            out.update(
+                _role_terms(net, roles, cfg, data, idx, cap, tidx, texts, tst, ist, txt, img)
+            )
+        img, tw, ist = img[:B], img[B:], ist[:B]
     logits = scaled_logits(txt[:B], img, net.logit_scale)  # [B, B]
     if "dense" in terms:
         out["dense"] = dense_loss(txt, img, logits)
