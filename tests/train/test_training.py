@@ -368,3 +368,16 @@ def test_roles_heads_live_in_the_checkpoint_not_in_the_model(tiny_set, tmp_path)
     plain.scenes = None  # pairs without scene records (any dataset read from disk)
     with pytest.raises(UsageError, match="lexlip-roles|twin"):
         train(_fresh(plain), plain, cfg, tmp_path / "p", progress=False)
+
+
+def test_every_recipe_stage_names_a_known_objective_and_its_data():
+    from lexlens.train.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        for stage in recipe.stages:
+            terms = stage.train.terms()  # a UsageError for an unknown objective
+            assert stage.n_train > 0 and 0.0 <= stage.size_spread < 1.0
+            if "roles" in terms:  # role targets ride on the twins' scenes
+                assert "twins" in terms
+    seeds = [s.seed for s in RECIPES["scenes-mini"].stages]
+    assert len(seeds) == len(set(seeds))  # every stage on scenes of its own
