@@ -44,7 +44,7 @@ class Recipe:
     description: str = ""
 
 
-#: one epoch of fresh scenes with counterfactual twins (the last three stages of scenes-mini)
+#: one epoch of fresh scenes with counterfactual twins (scenes-mini stages 7-9; roles build on it)
 _TWINS = TrainConfig(
     objective="lexlip-twins",
     epochs=1,

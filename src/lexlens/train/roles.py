@@ -43,7 +43,7 @@ __all__ = [
 
 _AXIS = {"left of": 0, "right of": 0, "above": 1, "below": 1}
 _FIRST_SIDE = {"left of": -1.0, "right of": 1.0, "above": -1.0, "below": 1.0}
-_SPELLINGS = {"grey": "gray", "centre": "center"}
+_SPELLINGS = {"grey": "gray"}  # caption spellings of the scene colours
 
 
 def _slots() -> dict[str, int]:
