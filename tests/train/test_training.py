@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lexlens.cli import main
+from lexlens.errors import UsageError
 from lexlens.models.native import build_native
 from lexlens.models.registry import load_encoder
 from lexlens.train.data import batch_fits, pairs_from_scenes
@@ -130,12 +131,12 @@ def test_recipe_stage_draws_spread_sizes(tmp_path) -> None:
 
     tiny = TrainConfig(objective="lexlip", epochs=1, batch_size=16, warmup_steps=1,
                        hard_negatives=1, log_every=0)  # fmt: skip
-    recipe = Recipe("t", "tiny", (Stage(16, 1, tiny), Stage(16, 2, tiny, size_spread=0.2)),
-                    n_val=8, val_seed=2)  # fmt: skip
+    stages = (Stage(16, 1, tiny), Stage(16, 2, tiny, size_spread=0.2, paraphrase=0.5))
+    recipe = Recipe("t", "tiny", stages, n_val=8, val_seed=2)
     summary = run_recipe(recipe, tmp_path / "m", progress=False)
     assert [s["source"] for s in summary["stages"]] == [
         "scenes(seed=1, split=train)",
-        "scenes(seed=2, split=train, size_spread=0.2)",
+        "scenes(seed=2, split=train, size_spread=0.2, paraphrase=0.5)",
     ]
 
 
@@ -289,8 +290,6 @@ def test_pairs_with_twins_keep_the_stream_and_draw_the_twins(tmp_path):
 
 
 def test_twins_objective_needs_twin_images(tiny_set, tmp_path):
-    from lexlens.errors import UsageError
-
     data = replace(tiny_set.subset(range(16)), twins=None, twin_scenes=None)
     cfg = TrainConfig(objective="lexlip-twins", epochs=1, batch_size=16, checkpoint_every=0)
     with pytest.raises(UsageError, match="twin images"):
@@ -345,6 +344,44 @@ def test_size_spread_keeps_scenes_and_captions_and_draws_other_sizes():
             assert tw == twin_scene(b)
     assert min(ratios) < 0.8 and max(ratios) > 1.2  # sizes really spread (both ways)
     assert not np.array_equal(spread.images, plain.images)
+
+
+def test_paraphrase_rewords_only_relation_captions_and_their_negatives():
+    from lexlens.data import scenes as S
+    from lexlens.train.data import pairs_from_scenes
+
+    kw = {"seed": 4, "image_size": 32, "workers": 1, "progress": False}
+    plain = pairs_from_scenes(80, **kw)
+    assert pairs_from_scenes(80, paraphrase=0.0, **kw).captions == plain.captions
+    wide = pairs_from_scenes(80, paraphrase=1.0, **kw)
+    assert np.array_equal(wide.images, plain.images) and wide.scenes == plain.scenes
+    assert wide.meanings == plain.meanings
+    changed = 0
+    for i, metas in enumerate(plain.meanings):
+        for j, m in enumerate(metas):
+            a, b = plain.captions[i][j], wide.captions[i][j]
+            if "relation" not in m:
+                assert a == b and wide.negatives[i][j] == plain.negatives[i][j]
+                continue
+            assert S.caption_fits(m, wide.scenes[i])
+            said = [w for w in S.WIDE_REL_WORDS[m["relation"]] if w in b.lower()]
+            assert said, b  # the relation in one of its wider phrases
+            if a == b:
+                continue
+            changed += 1
+            # the flipped-relation negative is worded from the same wider phrases
+            flip = S.WIDE_REL_WORDS[S.INVERSE_RELATION[m["relation"]]]
+            assert any(w in n.lower() for n in wide.negatives[i][j] for w in flip)
+            assert len(wide.negatives[i][j]) == len(plain.negatives[i][j])
+    assert changed >= 20
+    half = pairs_from_scenes(80, paraphrase=0.5, **kw)
+    pairs = zip(half.captions, plain.captions, strict=True)
+    n_half = sum(a != b for x, y in pairs for a, b in zip(x, y, strict=True))
+    assert 0 < n_half <= changed
+    with pytest.raises(UsageError, match="paraphrase"):
+        pairs_from_scenes(4, paraphrase=1.5, **kw)
+    with pytest.raises(UsageError, match="size_spread"):
+        pairs_from_scenes(4, size_spread=1.0, **kw)
 
 
 def test_roles_heads_live_in_the_checkpoint_not_in_the_model(tiny_set, tmp_path):

@@ -91,6 +91,7 @@ __all__ = [
     "render_scene",
     "write_captions",
     "realise",
+    "WIDE_REL_WORDS",
     "caption_fits",
     "swap_negatives",
     "make_item",
@@ -459,6 +460,30 @@ _REL_WORDS = {
     "above": ("above", "over", "higher than"),
     "below": ("below", "under", "beneath", "underneath"),
 }
+#: more ways to say each relation, for training only (``pairs_from_scenes(paraphrase=...)``):
+#: the generator's own captions keep :data:`_REL_WORDS`, so generated data sets stay the same
+WIDE_REL_WORDS: dict[str, tuple[str, ...]] = {
+    "left of": (
+        "to the left of",
+        "left of",
+        "on the left of",
+        "on the left side of",
+        "to the left side of",
+        "at the left of",
+        "further left than",
+    ),
+    "right of": (
+        "to the right of",
+        "right of",
+        "on the right of",
+        "on the right side of",
+        "to the right side of",
+        "at the right of",
+        "further right than",
+    ),
+    "above": ("above", "over", "higher than", "on top of", "atop", "up above"),
+    "below": ("below", "under", "beneath", "underneath", "lower than", "down below"),
+}
 _COUNT_WORDS = {1: ("one", "a single", "1"), 2: ("two", "2", "a pair of"), 3: ("three", "3")}
 _THING_WORDS = ("shape", "object", "figure")
 # fillers only in front of noun phrases ("a picture of" + "a red circle on the left")
@@ -535,12 +560,17 @@ def _pick_form(
     return ("there are " if plural and filler == "there is " else filler) + forms[i]
 
 
-def realise(meaning: dict[str, Any], style: CaptionStyle) -> str:
-    """Write a caption meaning (module docstring) in English with the choices of ``style``."""
+def realise(
+    meaning: dict[str, Any],
+    style: CaptionStyle,
+    rel_words: dict[str, tuple[str, ...]] | None = None,
+) -> str:
+    """Write a caption meaning (module docstring) in English with the choices of ``style``
+    (``rel_words``: the phrases of each relation, by default the generator's own)."""
     descs = meaning["objects"]
     if "relation" in meaning:
         a, b = _article(_noun(descs[0], style, 0)), _article(_noun(descs[1], style, 1))
-        rel = style.pick("rel", _REL_WORDS[meaning["relation"]])
+        rel = style.pick("rel", (rel_words or _REL_WORDS)[meaning["relation"]])
         text = _pick_form(
             style,
             (f"{a} {rel} {b}", f"{b} with {a} {rel} it", f"{a} placed {rel} {b}"),

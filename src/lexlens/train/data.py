@@ -171,7 +171,7 @@ def spread_sizes(scene: dict[str, Any], spread: float, rng: random.Random) -> No
 
 
 def _scene_chunk(
-    job: tuple[int, str, int, int, int, bool, bool, float],
+    job: tuple[int, str, int, int, int, bool, bool, float, float],
 ) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]], Any, Any]]:
     """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory, each
     with its twin scene and image (``None`` without twins)."""
@@ -179,7 +179,7 @@ def _scene_chunk(
 
     from lexlens.data import scenes as S
 
-    seed, split, start, stop, size, vary, with_twins, size_spread = job
+    seed, split, start, stop, size, vary, with_twins, size_spread, paraphrase = job
     out = []
     for i in range(start, stop):
         rng = random.Random(f"lexlens-train:{S.GENERATOR_VERSION}:{seed}:{split}:{i}")
@@ -187,10 +187,19 @@ def _scene_chunk(
         if size_spread > 0:  # its own random stream: the scenes and captions stay the same
             spread_sizes(scene, size_spread, random.Random(f"lexlens-sizes:{seed}:{split}:{i}"))
         texts, metas, styles = S.write_captions(scene, rng)
+        # which relation captions say their relation in other words: their own random stream,
+        # so the scenes, images and every other caption stay the same
+        wide = [False] * len(texts)
+        if paraphrase > 0:
+            prng = random.Random(f"lexlens-paraphrase:{seed}:{split}:{i}")
+            wide = ["relation" in m and prng.random() < paraphrase for m in metas]
         negs: list[list[str]] = []
-        for m, st, t in zip(metas, styles, texts, strict=True):
-            cand = [S.realise(x, st) for x in training_swaps(m, scene, rng)]
-            negs.append(sorted({c for c in cand if c != t}))
+        for j, (m, st) in enumerate(zip(metas, styles, strict=True)):
+            words = S.WIDE_REL_WORDS if wide[j] else None
+            if wide[j]:
+                texts[j] = S.realise(m, st, words)
+            cand = [S.realise(x, st, words) for x in training_swaps(m, scene, rng)]
+            negs.append(sorted({c for c in cand if c != texts[j]}))
         render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
         before = rng.getstate()
         drawn = [S.render_scene(scene, render, rng)]
@@ -316,11 +325,20 @@ def pairs_from_scenes(
     workers: int | None = None,
     twins: bool = False,
     size_spread: float = 0.0,
+    paraphrase: float = 0.0,
 ) -> PairSet:
     """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``; ``twins``
     adds each pair and placed single scene's counterfactual twin, :func:`twin_scene`, without
     changing the rest; ``size_spread`` > 0 draws objects at other sizes, :func:`spread_sizes`,
-    with the same scenes and captions)."""
+    with the same scenes and captions; ``paraphrase`` is the share of relation captions, and
+    of their negatives, written with the wider relation phrases of
+    :data:`lexlens.data.scenes.WIDE_REL_WORDS`, the rest unchanged)."""
+    from lexlens.errors import UsageError
+
+    if not 0.0 <= size_spread < 1.0:
+        raise UsageError(f"size_spread must be at least 0 and below 1, got {size_spread}")
+    if not 0.0 <= paraphrase <= 1.0:
+        raise UsageError(f"paraphrase must be between 0 and 1, got {paraphrase}")
     import os
     from multiprocessing import get_context
 
@@ -329,7 +347,7 @@ def pairs_from_scenes(
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = 256
     jobs = [
-        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins, size_spread)
+        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins, size_spread, paraphrase)
         for a in range(0, n, chunk)
     ]
     images = np.zeros((n, 3, image_size, image_size), np.uint8)
@@ -364,7 +382,9 @@ def pairs_from_scenes(
         scenes,
         negs,
         source=f"scenes(seed={seed}, split={split}"
-        + (f", size_spread={size_spread})" if size_spread > 0 else ")"),
+        + (f", size_spread={size_spread}" if size_spread > 0 else "")
+        + (f", paraphrase={paraphrase}" if paraphrase > 0 else "")
+        + ")",
         twins=twin_images,
         twin_scenes=twin_scenes if twins else None,
     )

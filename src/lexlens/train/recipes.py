@@ -23,13 +23,16 @@ __all__ = ["Stage", "Recipe", "RECIPES", "get_recipe", "run_recipe"]
 class Stage:
     """One training stage: ``n_train`` scenes generated with ``seed``, trained with ``train``
     (``text_expansion``: set the model's ``lexicon.text_expansion`` before the stage;
-    ``size_spread``: draw the objects at other sizes, :func:`lexlens.train.data.spread_sizes`)."""
+    ``size_spread``: draw the objects at other sizes, :func:`lexlens.train.data.spread_sizes`;
+    ``paraphrase``: the share of relation captions said in other words,
+    :data:`lexlens.data.scenes.WIDE_REL_WORDS`)."""
 
     n_train: int
     seed: int
     train: TrainConfig
     text_expansion: bool | None = None
     size_spread: float = 0.0
+    paraphrase: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ def run_recipe(
             progress=progress,
             twins="twins" in cfg.terms(),  # counterfactual twin images for that loss term
             size_spread=stage.size_spread,
+            paraphrase=stage.paraphrase,
         )
         if enc is None:
             texts = [c for caps in tr.captions for c in caps]
