@@ -414,6 +414,7 @@ def test_every_recipe_stage_names_a_known_objective_and_its_data():
         for stage in recipe.stages:
             terms = stage.train.terms()  # a UsageError for an unknown objective
             assert stage.n_train > 0 and 0.0 <= stage.size_spread < 1.0
+            assert 0.0 <= stage.paraphrase <= 1.0
             if "roles" in terms:  # role targets ride on the twins' scenes
                 assert "twins" in terms
     seeds = [s.seed for s in RECIPES["scenes-mini"].stages]

@@ -162,13 +162,17 @@ RECIPES: dict[str, Recipe] = {
             Stage(120000, 101, replace(_ROLES, w_layout=3.0), size_spread=0.25),
             Stage(120000, 111, _ROLES_LIGHT, size_spread=0.25),
             Stage(120000, 121, _ROLES_LIGHT, size_spread=0.25),
+            # relations said in other words: half the relation captions (and their negatives)
+            # take the wider phrases ("on top of", "atop", "lower than", ...), the rest as before
+            Stage(120000, 131, _ROLES_LIGHT, size_spread=0.25, paraphrase=0.5),
         ),
         n_val=500,
         val_seed=2,
         description="the shipped native:scenes-mini (LexLIP objectives in four stages on 160k "
         "generated scenes, two stages refitting the lexicon heads without text expansion, then "
         "one with counterfactual twin images on 100k more, two more on 100k scenes each drawn "
-        "at spread sizes, and four with role targets for relations on 120k each)",
+        "at spread sizes, and five with role targets for relations on 120k each, the last with "
+        "relations said in other words)",
     ),
     "tiny": Recipe(
         name="tiny",
