@@ -348,7 +348,6 @@ def test_size_spread_keeps_scenes_and_captions_and_draws_other_sizes():
 
 def test_paraphrase_rewords_only_relation_captions_and_their_negatives():
     from lexlens.data import scenes as S
-    from lexlens.train.data import pairs_from_scenes
 
     kw = {"seed": 4, "image_size": 32, "workers": 1, "progress": False}
     plain = pairs_from_scenes(80, **kw)
@@ -385,7 +384,6 @@ def test_paraphrase_rewords_only_relation_captions_and_their_negatives():
 
 
 def test_roles_heads_live_in_the_checkpoint_not_in_the_model(tiny_set, tmp_path):
-    from lexlens.errors import UsageError
     from lexlens.train.roles import RoleHeads
 
     data = tiny_set.subset(range(16))

@@ -460,29 +460,28 @@ _REL_WORDS = {
     "above": ("above", "over", "higher than"),
     "below": ("below", "under", "beneath", "underneath"),
 }
-#: more ways to say each relation, for training only (``pairs_from_scenes(paraphrase=...)``):
-#: the generator's own captions keep :data:`_REL_WORDS`, so generated data sets stay the same
-WIDE_REL_WORDS: dict[str, tuple[str, ...]] = {
+# phrases of each relation the generator's captions never use
+_MORE_REL_WORDS = {
     "left of": (
-        "to the left of",
-        "left of",
-        "on the left of",
         "on the left side of",
         "to the left side of",
         "at the left of",
         "further left than",
     ),
     "right of": (
-        "to the right of",
-        "right of",
-        "on the right of",
         "on the right side of",
         "to the right side of",
         "at the right of",
         "further right than",
     ),
-    "above": ("above", "over", "higher than", "on top of", "atop", "up above"),
-    "below": ("below", "under", "beneath", "underneath", "lower than", "down below"),
+    "above": ("on top of", "atop", "up above"),
+    "below": ("lower than", "down below"),
+}
+#: more ways to say each relation, for training only (``pairs_from_scenes(paraphrase=...)``):
+#: the generator's own phrases, then others; its captions keep :data:`_REL_WORDS` alone, so
+#: generated data sets stay the same
+WIDE_REL_WORDS: dict[str, tuple[str, ...]] = {
+    rel: (*words, *_MORE_REL_WORDS[rel]) for rel, words in _REL_WORDS.items()
 }
 _COUNT_WORDS = {1: ("one", "a single", "1"), 2: ("two", "2", "a pair of"), 3: ("three", "3")}
 _THING_WORDS = ("shape", "object", "figure")
