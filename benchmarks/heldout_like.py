@@ -22,16 +22,21 @@ Output (the project's folder format, scene records and caption meanings in the s
     OUT/images/000000.png ...
     OUT/captions.jsonl  {"image", "captions": [5], "scene", "caption_meta": [5], "caption_forms": [5]}
     OUT/fg.jsonl        {"image", "positive", "negatives", "negatives_meta", "swaps"}
-    OUT/dataset.json    {"name", "n", "seed", "split", "generator", "partial_share", "sizes"}
+    OUT/dataset.json    {"name", "n", "seed", "split", "generator", "partial_share", "sizes",
+                         "renderer"}
 
 ``fg.jsonl`` swaps one attribute of the first (always complete) caption: a colour, a shape,
 the relation flipped (pairs) or the count changed (multi); each negative is re-written with
 the same wording and checked false of the scene.
 
     python benchmarks/heldout_like.py OUT --n 1000 --seed 4242
+    python benchmarks/heldout_like.py OUT2 --n 1000 --seed 4242 --renderer generator
     python benchmarks/heldout_like.py --breakdown native:scenes-mini \\
         --data /work/runs/heldout-like --data /work/runs/test1k-v3 \\
-        --out benchmarks/results/heldout_like/breakdown-shipped
+        --json benchmarks/results/heldout_like/breakdown-shipped.json
+
+``--renderer generator`` draws the same scenes (same captions) with lexlens's own renderer,
+so the difference between the two folders' scores is what the drawing alone costs a model.
 
 ``--breakdown`` encodes each ``--data`` folder once and writes where the model fails:
 recall and "top-1 image fits the caption" by scene kind, by complete/partial captions, by
@@ -78,6 +83,7 @@ __all__ = [
     "meaning_kind",
     "mismatch",
     "swap_type",
+    "RENDERERS",
     "breakdown",
     "main",
 ]
@@ -103,6 +109,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 KINDS = ("single", "pair", "multi")
 IMAGE_SIDES = (96, 128, 160, 224)
 PARTIAL_SHARE = 0.06  # of captions 2..5; tuned so the ceiling is near the held-out set's
+RENDERERS = ("own", "generator")  # who draws the images (make_record)
 _FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _BG_GAP = 100.0  # minimum RGB distance between an object's colour anchor and the background
 
@@ -697,11 +704,23 @@ def make_record(
     kind: str,
     partial_share: float = PARTIAL_SHARE,
     sides: Sequence[int] = IMAGE_SIDES,
+    renderer: str = "own",
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """``(image, captions record, fg record)`` of image ``index``; deterministic in (seed, index)."""
+    """``(image, captions record, fg record)`` of image ``index``; deterministic in (seed, index).
+
+    ``renderer``: ``"own"`` (this script's :func:`render`) or ``"generator"`` (lexlens's
+    ``scenes.render_scene``, fed the same random numbers: the same scenes and captions, drawn
+    the way the model was trained, to measure what the drawing alone costs a model)."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
     scene, rec, fg = describe(seed, index, kind, partial_share)
     draw = random.Random(f"heldout-like:render:{seed}:{index}")
-    return render(scene, draw.choice(list(sides)), draw), rec, fg
+    side = draw.choice(list(sides))
+    if renderer == "generator":
+        from lexlens.data.scenes import render_scene
+
+        return render_scene(scene, side, draw), rec, fg
+    return render(scene, side, draw), rec, fg
 
 
 def describe(
@@ -756,6 +775,7 @@ def generate(
     partial_share: float = PARTIAL_SHARE,
     sides: Sequence[int] = IMAGE_SIDES,
     progress: bool = True,
+    renderer: str = "own",
 ) -> dict[str, Any]:
     """Write ``n`` held-out-like scenes to ``out``; kinds exactly balanced (shuffled); a summary."""
     from lexlens.progress import progress_bar
@@ -770,7 +790,7 @@ def generate(
         progress_bar(total=n, desc="heldout-like", unit="image", enabled=progress) as bar,
     ):
         for i, kind in enumerate(kinds):
-            image, rec, fg = make_record(seed, i, kind, partial_share, sides)
+            image, rec, fg = make_record(seed, i, kind, partial_share, sides, renderer)
             image.save(out / rec["image"])
             fc.write(json.dumps(rec) + "\n")
             ff.write(json.dumps(fg) + "\n")
@@ -783,6 +803,7 @@ def generate(
         "generator": "benchmarks/heldout_like.py",
         "partial_share": partial_share,
         "sizes": list(sides),
+        "renderer": renderer,
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
     return {**info, "kinds": dict(Counter(kinds)), "seconds": round(time.perf_counter() - t0, 1)}
@@ -1081,6 +1102,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default=",".join(map(str, IMAGE_SIDES)), help="image sides (px), comma-separated"
     )
     p.add_argument(
+        "--renderer",
+        choices=RENDERERS,
+        default="own",
+        help="draw with this script's renderer (default) or lexlens's generator's, same scenes",
+    )
+    p.add_argument(
         "--breakdown", metavar="MODEL", help="analyse MODEL's failures on every --data folder"
     )
     p.add_argument("--data", type=Path, action="append", default=[], help="folder for --breakdown")
@@ -1103,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.n < 1:
         p.error("--n must be at least 1")
     sides = tuple(int(s) for s in a.sizes.split(","))
-    summary = generate(a.out, a.n, a.seed, a.partial_share, sides)
+    summary = generate(a.out, a.n, a.seed, a.partial_share, sides, renderer=a.renderer)
     print(json.dumps(summary))
     if a.json_out:
         a.json_out.write_text(json.dumps(summary, indent=1) + "\n")
