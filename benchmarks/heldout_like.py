@@ -715,12 +715,11 @@ def make_record(
         raise ValueError(f"unknown renderer {renderer!r}; expected one of {RENDERERS}")
     scene, rec, fg = describe(seed, index, kind, partial_share)
     draw = random.Random(f"heldout-like:render:{seed}:{index}")
-    side = draw.choice(list(sides))
     if renderer == "generator":
-        from lexlens.data.scenes import render_scene
-
-        return render_scene(scene, side, draw), rec, fg
-    return render(scene, side, draw), rec, fg
+        from lexlens.data.scenes import render_scene as draw_scene
+    else:
+        draw_scene = render
+    return draw_scene(scene, draw.choice(list(sides)), draw), rec, fg
 
 
 def describe(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lexlens.errors import DataError
+from lexlens.errors import DataError, UsageError
 from lexlens.models.base import PreprocessConfig
 
 __all__ = [
@@ -333,8 +333,6 @@ def pairs_from_scenes(
     with the same scenes and captions; ``paraphrase`` is the share of relation captions, and
     of their negatives, written with the wider relation phrases of
     :data:`lexlens.data.scenes.WIDE_REL_WORDS`, the rest unchanged)."""
-    from lexlens.errors import UsageError
-
     if not 0.0 <= size_spread < 1.0:
         raise UsageError(f"size_spread must be at least 0 and below 1, got {size_spread}")
     if not 0.0 <= paraphrase <= 1.0:
