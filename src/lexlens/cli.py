@@ -92,6 +92,7 @@ class DataScenesArgs:
     split: str = "train"
     workers: int | None = None
     json: bool = False
+    force: bool = False
 
 
 @dataclass
@@ -132,10 +133,11 @@ def _build_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--split", choices=["train", "val", "test"], default="train")
     s.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    s.add_argument("--force", action="store_true", help="replace a scenes dataset already in OUT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(
         _make=lambda ns: DataScenesArgs(
-            ns.out, ns.n, ns.seed, ns.size, ns.split, ns.workers, ns.json
+            ns.out, ns.n, ns.seed, ns.size, ns.split, ns.workers, ns.json, ns.force
         ),
         _run=_run_data_scenes,
     )
@@ -161,7 +163,14 @@ def _run_data_scenes(a: DataScenesArgs) -> int:
     from lexlens.data.scenes import generate_scenes
 
     stats = generate_scenes(
-        a.out, a.n, a.seed, size=a.size, split=a.split, workers=a.workers, progress=not a.json
+        a.out,
+        a.n,
+        a.seed,
+        size=a.size,
+        split=a.split,
+        workers=a.workers,
+        progress=not a.json,
+        overwrite=a.force,
     )
     _emit(
         stats,

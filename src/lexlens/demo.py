@@ -53,7 +53,7 @@ def _scenes(folder: Path, n: int, seed: int, progress: bool) -> Path:
     marker = folder / "captions.jsonl"
     if marker.is_file() and sum(1 for _ in marker.open()) >= n:
         return folder
-    generate_scenes(folder, n=n, seed=seed, progress=progress)
+    generate_scenes(folder, n=n, seed=seed, progress=progress, overwrite=True)
     return folder
 
 

@@ -72,6 +72,52 @@ def test_bad_arguments_are_usage_errors(tmp_path):
         generate_scenes(tmp_path, 3, seed=1, split="dev", progress=False)
 
 
+def test_existing_folder_is_never_overwritten_unasked(tmp_path):
+    out = tmp_path / "s"
+    generate_scenes(out, 20, seed=1, size=24, workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    lines = (out / "captions.jsonl").read_text()
+    with pytest.raises(UsageError, match="--force"):
+        generate_scenes(out, 5, seed=2, size=24, workers=1, progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    assert (out / "captions.jsonl").read_text() == lines
+
+    # replacing it with fewer scenes leaves exactly the new dataset, nothing stale
+    generate_scenes(out, 5, seed=2, size=24, workers=1, progress=False, overwrite=True)
+    fresh = tmp_path / "fresh"
+    generate_scenes(fresh, 5, seed=2, size=24, workers=1, progress=False)
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        p.name for p in (fresh / "images").iterdir()
+    )
+    assert (out / "captions.jsonl").read_bytes() == (fresh / "captions.jsonl").read_bytes()
+    assert json.loads((out / "dataset.json").read_text())["n"] == 5
+
+
+def test_folder_of_other_files_is_refused_even_with_force(tmp_path):
+    (tmp_path / "images").mkdir()
+    photo = tmp_path / "images" / "000000.png"
+    photo.write_bytes(b"my photo")
+    (tmp_path / "captions.jsonl").write_text('{"image": "images/000000.png", "captions": []}\n')
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="holds no scenes dataset"):
+            generate_scenes(tmp_path, 3, seed=1, workers=1, progress=False, overwrite=overwrite)
+    assert photo.read_bytes() == b"my photo"
+
+
+def test_cli_force_replaces_a_scenes_dataset(tmp_path, capsys):
+    from lexlens.cli import main
+
+    out = str(tmp_path / "s")
+    assert main(["data", "scenes", out, "--n", "4", "--size", "24", "--workers", "1"]) == 0
+    assert main(["data", "scenes", out, "--n", "3", "--size", "24", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a scenes dataset" in err[0]
+    args = ["data", "scenes", out, "--n", "3", "--size", "24", "--workers", "1", "--force"]
+    assert main(args) == 0
+    assert len((tmp_path / "s" / "captions.jsonl").read_text().splitlines()) == 3
+    assert len(list((tmp_path / "s" / "images").iterdir())) == 3
+
+
 def test_vocabulary_covered_in_records_and_captions(items):
     text = " ".join(c.lower() for it in items for c in it.captions)
     objs = [o for it in items for o in it.scene["objects"]]

@@ -66,6 +66,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -777,6 +778,35 @@ def _make_chunk(job: tuple[int, str, int, int, int, str, int]) -> list[tuple[str
     return lines
 
 
+def _check_output_folder(out: Path, overwrite: bool) -> set[str]:
+    """Refuse an output folder holding anything but (with ``overwrite``) an earlier scenes
+    dataset; returns the names of that dataset's images, to delete those not written again."""
+    from lexlens.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return set()
+    try:
+        meta = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    is_scenes = isinstance(meta, dict) and meta.get("name") == "scenes"
+    if not is_scenes:
+        raise UsageError(
+            f"{out} is not empty and holds no scenes dataset; choose a new or empty folder"
+        )
+    if not overwrite:
+        raise UsageError(
+            f"{out} already holds a scenes dataset; choose a new folder, or pass --force "
+            "to replace it"
+        )
+    images = out / "images"
+    if not images.is_dir():
+        return set()
+    return {p.name for p in images.iterdir() if re.fullmatch(r"[0-9]+\.png", p.name)}
+
+
 def generate_scenes(
     out_dir: str | Path,
     n: int,
@@ -785,12 +815,18 @@ def generate_scenes(
     split: str = "train",
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``n`` scenes into ``out_dir`` (layout in the module docstring); returns stats.
 
     Deterministic per ``(seed, split)``: the bytes written do not depend on ``workers``
     (default: all cores). ``captions.jsonl`` and ``fg.jsonl`` are in index order and are
     replaced atomically at the end.
+
+    ``out_dir`` must be new or empty. With ``overwrite`` it may also hold an earlier scenes
+    dataset (its ``dataset.json`` says so), which is replaced: images the new one does not
+    write are deleted, so the folder never mixes two datasets. Any other folder with content is
+    refused, so no one's files are overwritten.
     """
     from multiprocessing import get_context
 
@@ -804,10 +840,21 @@ def generate_scenes(
     if split not in ("train", "val", "test"):
         raise UsageError(f"split must be train, val or test, got {split!r}")
     out = Path(out_dir)
+    stale = _check_output_folder(out, overwrite)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create {out / 'images'}: {e.strerror}") from e
+    meta = {
+        "name": "scenes",
+        "n": n,
+        "seed": seed,
+        "size": size,
+        "split": split,
+        "generator_version": GENERATOR_VERSION,
+    }
+    # written first too, so an interrupted run's folder is recognised (and --force replaces it)
+    (out / "dataset.json").write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
     workers = max(1, min(workers or os.cpu_count() or 1, 64))
     width = max(6, len(str(n - 1)))
     chunk = max(16, min(256, n // (workers * 8) or 16))
@@ -837,15 +884,10 @@ def generate_scenes(
             pool.join()
     os.replace(cap_tmp, out / "captions.jsonl")
     os.replace(fg_tmp, out / "fg.jsonl")
+    written = {f"{i:0{width}d}.png" for i in range(n)}
+    for name in stale - written:
+        (out / "images" / name).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0
-    meta = {
-        "name": "scenes",
-        "n": n,
-        "seed": seed,
-        "size": size,
-        "split": split,
-        "generator_version": GENERATOR_VERSION,
-    }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {
         **meta,
