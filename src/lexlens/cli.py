@@ -549,6 +549,7 @@ def _report_text(r: dict[str, Any]) -> str:
     lines = [
         f"added {r['added']}, updated {r['updated']}, unchanged {r['skipped']}, failed {r['failed']}"
         + (f", relabelled {r['relabelled']}" if r.get("relabelled") else "")
+        + (f", removed {r['removed']}" if r.get("removed") else "")
         + (f", resumed {r['reused']} from checkpoints" if r.get("reused") else ""),
         f"{r['count']} items (generation {r['generation']})",
     ]
@@ -622,10 +623,17 @@ def _run_index_remove(a: IndexRemoveArgs) -> int:
 
 
 def _run_index_info(a: IndexInfoArgs) -> int:
-    from lexlens.index.index import Index
+    from lexlens.index.index import index_info
 
-    info = Index.open(a.index).info(verify=a.verify)
-    _emit(info, a.json, lambda d: "\n".join(f"{k:>22}: {v}" for k, v in d.items()))
+    info = index_info(a.index, verify=a.verify)
+    _emit(
+        info,
+        a.json,
+        lambda d: "\n".join(
+            [f"{k:>22}: {v}" for k, v in d.items() if k != "problems"]
+            + [f"{'problem':>22}: {p}" for p in d.get("problems", [])]
+        ),
+    )
     return 1 if a.verify and not info["verified"] else 0
 
 

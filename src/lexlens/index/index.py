@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from lexlens.index.dups import DupGroup
     from lexlens.search import Query, SearchResults
 
-__all__ = ["Index", "AddReport", "EncodeFn", "model_fingerprint"]
+__all__ = ["Index", "AddReport", "EncodeFn", "index_info", "model_fingerprint"]
 
 #: a replacement for the local encoding loop: ``(todo, want_sparse) -> encoded batches``
 EncodeFn = Callable[[Sequence[SourceItem], bool], Iterable[EncodedBatch]]
@@ -130,6 +130,7 @@ class AddReport:
     skipped: int = 0
     failed: int = 0
     relabelled: int = 0
+    removed: int = 0
     reused: int = 0
     count: int = 0
     generation: int = 0
@@ -177,8 +178,8 @@ def _ctx(man: Manifest) -> KindContext:
     return KindContext(dim=man.dim, vocab_size=man.vocab_size)
 
 
-def _load_state(store: IndexDir, check: bool = True) -> _State:
-    gen = store.current()
+def _load_state(store: IndexDir, check: bool = True, gen: Path | None = None) -> _State:
+    gen = store.current() if gen is None else gen
     man = store.read_manifest(gen)
     if check:
         problems = store.verify(gen, full=False)
@@ -411,8 +412,14 @@ class Index:
         Keys: ``added`` (new items), ``updated`` (changed files, re-encoded under new ids),
         ``skipped`` (unchanged: same path and size+mtime, or same bytes), ``failed``
         (unreadable files, listed in ``failed_paths``), ``relabelled`` (captions or user
-        fields changed, no re-encoding), ``reused`` (taken from an interrupted add's
+        fields changed, no re-encoding), ``removed`` (captions of a caption index that the
+        source no longer gives their image), ``reused`` (taken from an interrupted add's
         checkpoints), ``count`` and ``generation`` after the add.
+
+        In a caption index the captions of every image ``source`` lists become exactly the
+        ones it gives: unchanged captions are kept (not re-encoded), new ones added, the
+        others removed. Images it does not list keep their captions, as an image index keeps
+        the items a source does not list (``remove`` drops them).
         """
         todo = read_source(source, self._state.manifest.items)
         return self._add_items(todo, progress, workers, batch_size, encode_with).to_dict()
@@ -463,6 +470,8 @@ class Index:
             encoded_paths = {r.path for r in records}
             # a changed file that could not be read keeps its old entry
             remove = [i for i, p in plan.replaced if p in encoded_paths or p not in failed_paths]
+            remove += plan.stale
+            report.removed = len(plan.stale)
             report.updated = sum(1 for _, p in plan.replaced if p in encoded_paths)
             report.added = len(records) - report.updated
             if records or remove or plan.stat_updates or plan.label_updates:
@@ -508,28 +517,10 @@ class Index:
 
     # ----------------------------------------------------------------------------- inspect
     def info(self, verify: bool = False) -> dict[str, Any]:
-        """Manifest facts, counts, sizes; ``verify=True`` re-hashes every file."""
+        """Manifest facts, counts, sizes; ``verify=True`` re-hashes every file (an index too
+        damaged to open is inspected with :func:`index_info`)."""
         st = self._state
-        man = st.manifest
-        out: dict[str, Any] = {
-            "path": str(self.path),
-            "model": man.model,
-            "spec": man.spec,
-            "items": man.items,
-            "dim": man.dim,
-            "vocab_size": man.vocab_size,
-            "count": man.count,
-            "generation": man.generation,
-            "created": man.created,
-            "updated": man.updated,
-            "format_version": man.format_version,
-            "disk_bytes": sum(int(f["size"]) for f in man.files.values()),
-            "memory_bytes": st.kind.memory_bytes(),
-            "default_spec_for_size": str(default_spec(man.count, man.has_sparse, man.dim)),
-            "pending_batches": len(list(self._store.pending.glob("batch-*.json")))
-            if self._store.pending.exists()
-            else 0,
-        }
+        out = _info_dict(self.path, self._store, st.manifest, st.kind.memory_bytes())
         if verify:
             problems = self._store.verify(st.gen, full=True)
             out["verified"] = not problems
@@ -600,6 +591,54 @@ class Index:
         return find_dups(self, threshold, progress=progress)
 
 
+def _info_dict(
+    path: Path, store: IndexDir, man: Manifest, memory_bytes: int | None
+) -> dict[str, Any]:
+    """What ``index info`` shows of a generation, from its manifest (see :meth:`Index.info`)."""
+    return {
+        "path": str(path),
+        "model": man.model,
+        "spec": man.spec,
+        "items": man.items,
+        "dim": man.dim,
+        "vocab_size": man.vocab_size,
+        "count": man.count,
+        "generation": man.generation,
+        "created": man.created,
+        "updated": man.updated,
+        "format_version": man.format_version,
+        "disk_bytes": sum(int(f["size"]) for f in man.files.values()),
+        "memory_bytes": memory_bytes,
+        "default_spec_for_size": str(default_spec(man.count, man.has_sparse, man.dim)),
+        "pending_batches": len(list(store.pending.glob("batch-*.json")))
+        if store.pending.exists()
+        else 0,
+    }
+
+
+def index_info(path: str | Path, verify: bool = False) -> dict[str, Any]:
+    """:meth:`Index.info` of the index at ``path`` (what ``lexlens index info`` shows).
+
+    With ``verify=True`` a damaged index, which :meth:`Index.open` refuses, is inspected too:
+    the manifest is read without the open-time checks, every file it lists is re-hashed, and
+    ``problems`` lists each one that is missing, unreadable, of the wrong size or of the
+    wrong sha256 (``verified`` is true when there are none). ``memory_bytes`` is ``None``
+    for a damaged index (its structure is not loaded).
+    """
+    if not verify:
+        return Index.open(path).info()
+    store = IndexDir(path)
+    gen = store.current()
+    problems = store.verify(gen, full=True)
+    if problems:
+        out = _info_dict(Path(path), store, store.read_manifest(gen), None)
+    else:
+        out = Index(Path(path), _load_state(store, check=False, gen=gen)).info()
+    out["verified"] = not problems
+    out["problems"] = problems
+    return out
+
+
 # ----------------------------------------------------------------------------- add planning
 @dataclass
 class _Plan:
@@ -607,13 +646,25 @@ class _Plan:
     replaced: list[tuple[int, str]] = field(default_factory=list)  # (old id, path) of changed files
     stat_updates: list[tuple[int, int, float]] = field(default_factory=list)
     label_updates: list[tuple[int, list[str], dict[str, Any]]] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)  # captions their image no longer has
 
 
 def _classify(st: _State, todo: Sequence[SourceItem], report: AddReport) -> _Plan:
-    """Split ``todo`` into unchanged / relabelled / changed / new (see :meth:`Index.add`)."""
+    """Split ``todo`` into unchanged / relabelled / changed / new, and find the captions
+    that are stale in a caption index (see :meth:`Index.add`)."""
     plan = _Plan()
     if st.manifest.items == "texts":
-        known = {(r.path, r.text): r for r in st.meta.all_rows()}
+        # the captions of each image in ``todo`` become exactly the ones it gives (captions
+        # without an image are only ever added); other images' captions are left alone
+        listed = {item.path for item in todo if item.path is not None}
+        wanted = {item.key() for item in todo}
+        known: dict[tuple[str | None, str | None], ItemRow] = {}
+        for r in st.meta.all_rows():
+            key = (r.path, r.text)
+            if r.path in listed and (key not in wanted or key in known):
+                plan.stale.append(r.id)  # dropped from its image (or a second copy of one)
+            else:
+                known.setdefault(key, r)
         for item in todo:
             row = known.get((item.path, item.text))
             if row is not None:

@@ -178,7 +178,7 @@ class IndexDir:
     def verify(self, gen: Path | None = None, full: bool = False) -> list[str]:
         """Check the files a manifest lists: sizes always, sha256 of small ones (all if ``full``).
 
-        Returns a list of problems (empty when the generation is intact).
+        Returns every problem found, one line per file (empty when the generation is intact).
         """
         gen = self.current() if gen is None else gen
         man = self.read_manifest(gen)
@@ -188,12 +188,15 @@ class IndexDir:
             if not p.is_file():
                 problems.append(f"{name}: missing")
                 continue
-            size = p.stat().st_size
-            if size != info["size"]:
-                problems.append(f"{name}: size {size}, manifest says {info['size']}")
-                continue
-            if (full or size <= SMALL_FILE) and sha256_file(p) != info["sha256"]:
-                problems.append(f"{name}: sha256 differs from the manifest")
+            try:
+                size = p.stat().st_size
+                if size != info["size"]:
+                    problems.append(f"{name}: size {size}, manifest says {info['size']}")
+                    continue
+                if (full or size <= SMALL_FILE) and sha256_file(p) != info["sha256"]:
+                    problems.append(f"{name}: sha256 differs from the manifest")
+            except OSError as e:
+                problems.append(f"{name}: unreadable ({e.strerror or e})")
         return problems
 
     @contextlib.contextmanager
