@@ -218,3 +218,82 @@ def test_an_explained_search_encodes_its_queries_once(tiny_index, monkeypatch) -
     np.testing.assert_array_equal(explained.ids, plain.ids)
     np.testing.assert_array_equal(explained.scores, plain.scores)
     assert all(h.explain_words for hits in explained.hits for h in hits)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lexlens: error: "), err
+    return err[0]
+
+
+def test_a_query_image_that_does_not_decode_is_one_line(tiny_index, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    path = str(tiny_index[0])
+    fake, cut, png = tmp_path / "fake.png", tmp_path / "cut.png", tmp_path / "ok.png"
+    fake.write_text("not an image")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(png)
+    cut.write_bytes(png.read_bytes()[:60])
+    assert main(["search", path, str(fake)]) == 1
+    assert "not an image file" in _one_line_error(capsys)
+    for args in ([str(cut)], ["--image", str(cut), "--text", "red"]):
+        assert main(["search", path, *args]) == 1
+        assert f"cannot read image {cut}" in _one_line_error(capsys)
+    assert main(["search", path, str(tmp_path / "gone.png")]) == 2
+    assert "no image file" in _one_line_error(capsys)
+    assert main(["search", path, "a photo of cats.png on a wall"]) == 0  # text with a space
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.array(["a", "b"]), "must hold numbers"),
+        (np.full(8, np.nan, np.float32), "NaN or infinite"),
+        (np.zeros(8, np.float32), "all zeros"),
+        (np.ones((2, 2, 8), np.float32), "must hold [d] or [n, d]"),
+        (np.zeros((0, 8), np.float32), "must hold [d] or [n, d]"),
+        (np.array([{"a": 1}], dtype=object), "not a numeric .npy array"),
+    ],
+)
+def test_bad_embedding_files_are_one_line_errors(tiny_index, tmp_path, values, message, capsys):
+    f = tmp_path / "e.npy"
+    np.save(f, values, allow_pickle=True)
+    assert main(["search", str(tiny_index[0]), "--embedding", str(f)]) == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_check_embeddings_scales_rows_and_keeps_directions() -> None:
+    from lexlens.search import check_embeddings
+
+    raw = np.array([[3.0, -4.0, 0.0], [1e300, 1e300, -2e300]])
+    got = check_embeddings(raw)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    ref = raw / np.abs(raw).max(axis=1, keepdims=True)  # naive: row / largest magnitude
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_explain_on_a_dense_index_says_why_nothing_is_explained(tiny_index, tmp_path, capsys):
+    path, enc = tiny_index
+    Index.build(path.parent / "scenes", enc, tmp_path / "flat", spec="flat", progress=False)
+    assert main(["search", str(tmp_path / "flat"), QUERIES[1], "--explain", "--json"]) == 0
+    out = capsys.readouterr()
+    assert all(not h.get("explain") for h in json.loads(out.out)["results"][0]["hits"])
+    assert "has no lexical weights" in out.err
+    assert main(["search", str(path), QUERIES[1], "--explain"]) == 0
+    assert "has no lexical weights" not in capsys.readouterr().err
+
+
+def test_min_score_bounds_are_checked_and_never_overflow(tiny_index) -> None:
+    import warnings
+
+    from lexlens.errors import UsageError
+
+    idx = Index.open(tiny_index[0], model=tiny_index[1])
+    with pytest.raises(UsageError, match="NaN"):
+        idx.search(_texts(), k=3, min_score=float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = idx.search(_texts(), k=3, min_score=1e300)
+        every = idx.search(_texts(), k=3, min_score=-1e300)
+    assert (none.ids == -1).all()
+    assert (every.ids == idx.search(_texts(), k=3).ids).all()

@@ -248,7 +248,7 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
         "fits lexicon heads on a frozen model, native:, openclip: or hf:)",
     )
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument(
         "--hard-negatives",
@@ -428,7 +428,7 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--workers", type=int, help="image decoding processes (default: CPUs - 1, at most 4)"
     )
-    b.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    b.add_argument("--batch-size", type=_positive_int, default=256, help="encoding batch size")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     _add_scale_options(b)
     b.add_argument(
@@ -459,7 +459,7 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     a.add_argument("index")
     a.add_argument("source", help="dataset folder or file")
     a.add_argument("--workers", type=int, help="image decoding processes")
-    a.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    a.add_argument("--batch-size", type=_positive_int, default=256, help="encoding batch size")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     _add_scale_options(a)
     a.set_defaults(
@@ -734,10 +734,18 @@ def _build_search(sub: argparse._SubParsersAction) -> None:
 def _run_search(a: SearchArgs) -> int:
     from lexlens.index.base import SearchParams
     from lexlens.index.index import Index
+    from lexlens.index.spec import spec_needs
     from lexlens.search import format_results, queries_from_cli
 
     queries = queries_from_cli(a.query, a.image, a.text, a.weight, a.item, a.embedding)
-    res = Index.open(a.index).search(
+    idx = Index.open(a.index)
+    if a.explain and not spec_needs(idx.spec)[1]:
+        print(
+            f"lexlens: note: index {a.index} ({idx.spec}) has no lexical weights, so --explain "
+            "has nothing to show; a sparse or hybrid index explains its hits",
+            file=sys.stderr,
+        )
+    res = idx.search(
         queries,
         k=a.k,
         params=SearchParams(nprobe=a.nprobe, ef_search=a.ef),
@@ -787,7 +795,7 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json", dest="json_out", metavar="OUT", help="write the JSON result to OUT ('-': stdout)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="image encoding batch size")
     _add_query_mode_option(p)
     p.set_defaults(
         _make=lambda ns: EvalArgs(
@@ -870,7 +878,9 @@ def _build_bench_encode(bench_sub: argparse._SubParsersAction) -> None:
         "--data", required=True, help="any dataset lexlens reads (folder, list, CSV, ...)"
     )
     p.add_argument("--n", type=int, default=1000, help="images used (the first N; default 1000)")
-    p.add_argument("--batch-size", type=int, default=64, help="forward batch size (default 64)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="forward batch size (default 64)"
+    )
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--split", help="dataset split to read")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -944,7 +954,7 @@ def _build_bench_search(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench-search", help="folder for the table, JSON and plot")
     p.add_argument("--max-memory", help="memory allowed, e.g. 8G (default: 80%% of available RAM)")
     p.add_argument("--seed", type=int, default=0, help="seed of scenes, queries and synthesis")
-    p.add_argument("--batch-size", type=int, default=64, help="image encoding batch size")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="image encoding batch size")
     p.add_argument("--json", action="store_true", help="print the JSON result")
     p.add_argument(
         "--sweep",
@@ -1126,6 +1136,17 @@ def _run_demo(a: DemoArgs) -> int:
         cfg = ServeConfig(host="127.0.0.1", port=a.port, log_level="warning")
         serve_indexes([report.index], ["scenes"], cfg, _serve_announce(a.json, ["scenes"]))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 # ----------------------------------------------------------------------------- parser

@@ -55,6 +55,7 @@ __all__ = [
     "encode_queries",
     "fuse",
     "queries_from_cli",
+    "check_embeddings",
     "format_results",
     "explain_by_word",
     "UNATTRIBUTED",
@@ -275,8 +276,8 @@ def _keep(
     if allowed is not None:
         pos = np.minimum(np.searchsorted(allowed, ids), max(len(allowed) - 1, 0))
         ok &= (allowed[pos] == ids) if len(allowed) else False
-    if min_score is not None:
-        ok &= scores >= min_score
+    if min_score is not None:  # compared in float64: a huge bound must not overflow float32
+        ok &= scores.astype(np.float64) >= np.float64(min_score)
     return ok
 
 
@@ -295,6 +296,8 @@ def search_index(
 
     if k <= 0:
         raise UsageError(f"k must be positive, got {k}")
+    if min_score is not None and np.isnan(min_score):
+        raise UsageError("min_score must be a number, got NaN")
     queries = (
         [Query(text=query)]
         if isinstance(query, str)
@@ -451,7 +454,12 @@ def queries_from_cli(
 ) -> list[Query]:
     """Queries from the ``lexlens search`` arguments (a QUERY naming an image file is an image)."""
     if query is not None:
-        if Path(query).suffix.lower() in IMAGE_SUFFIXES and Path(query).is_file():
+        looks_like_image = Path(query).suffix.lower() in IMAGE_SUFFIXES and " " not in query
+        if looks_like_image and not Path(query).is_file():
+            raise UsageError(
+                f"no image file {query} (to search for these words as text, use --text)"
+            )
+        if looks_like_image:
             if image is not None:
                 raise UsageError("two query images given (QUERY and --image)")
             image = query
@@ -461,14 +469,13 @@ def queries_from_cli(
             text = query
     if embedding is not None:
         try:
-            arr = np.load(embedding)
+            arr = np.load(embedding, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read embedding file {embedding}: {e}") from None
-        arr = np.atleast_2d(np.asarray(arr, np.float32))
-        if arr.ndim != 2:
-            raise UsageError(
-                f"{embedding} must hold [d] or [n, d] embeddings, got shape {arr.shape}"
-            )
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "pickle" in why:
+                why = "not a numeric .npy array"
+            raise UsageError(f"cannot read embedding file {embedding}: {why}") from None
+        arr = check_embeddings(arr, embedding)
         if text is not None or image is not None or item is not None:
             raise UsageError("--embedding cannot be combined with other query inputs")
         return [Query(embedding=row) for row in arr]
@@ -479,6 +486,28 @@ def queries_from_cli(
     if text is None and image is None:
         raise UsageError("no query: give QUERY text, --image, --item or --embedding")
     return [Query(text=text, image=image, weight=weight)]
+
+
+def check_embeddings(values: Any, source: str = "the embedding") -> np.ndarray:
+    """Raw query embeddings ``[d]`` or ``[n, d]`` as ``float32 [n, d]``, each row scaled to a
+    largest magnitude of 1 (cosine ignores scale; huge values stay finite in float32).
+
+    One-line :class:`UsageError` for non-numbers, a wrong shape, an empty array, non-finite
+    values or an all-zero row."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        raise UsageError(f"{source} must hold numbers, got {arr.dtype.name} values")
+    arr = np.atleast_2d(arr.astype(np.float64))
+    if arr.ndim != 2 or arr.size == 0:
+        raise UsageError(f"{source} must hold [d] or [n, d] numbers, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise UsageError(f"{source} holds NaN or infinite values")
+    peak = np.abs(arr).max(axis=1, keepdims=True)
+    if not peak.all():
+        if len(arr) == 1:
+            raise UsageError(f"{source} is all zeros")
+        raise UsageError(f"{source} has an all-zero row (row {int(np.argmin(peak[:, 0]))})")
+    return (arr / peak).astype(np.float32)
 
 
 def format_results(res: SearchResults) -> str:

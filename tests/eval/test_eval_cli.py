@@ -108,3 +108,38 @@ def test_eval_scenes_folder_reports_fg_and_ceiling(tmp_path, capsys) -> None:
     assert r["fg_acc"] == pytest.approx(100.0 * wins / 24)
     c = r["ceiling"]
     assert 0 < c["t2i"]["R@1"] <= c["t2i"]["R@5"] <= c["t2i"]["R@10"] <= 100
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lexlens: error: "), err
+    return err[0]
+
+
+def test_eval_input_errors_are_one_line_before_any_encoding(karpathy, tmp_path, capsys):
+    path, root = karpathy
+    base = ["eval", "--model", MODEL, "--data", str(path), "--split", "test"]
+    # without --images the files are looked for beside the JSON: all 3 missing
+    assert main(base) == 1
+    line = _error_line(capsys)
+    assert "3 of 3 images are missing" in line and "--images" in line
+    (root / "blue.png").write_bytes((root / "red.png").read_bytes()[:50])  # truncated
+    assert main([*base, "--images", str(root)]) == 1
+    assert f"cannot read image {root / 'blue.png'}" in _error_line(capsys)
+    assert (
+        main([*base, "--images", str(root), "--index", "flat", "--query-mode", "inference-free"])
+        == 2
+    )
+    assert "index flat is dense" in _error_line(capsys)
+    with pytest.raises(SystemExit):
+        main([*base, "--images", str(root), "--batch-size", "0"])
+    assert "must be positive" in capsys.readouterr().err
+
+
+def test_batch_size_is_checked_by_the_api() -> None:
+    from lexlens.errors import UsageError
+
+    enc = load_encoder(MODEL)
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(UsageError, match="batch size"):
+            enc.encode_texts(["a red circle"], batch_size=bad)

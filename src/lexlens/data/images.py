@@ -33,6 +33,7 @@ __all__ = [
     "DecodeReport",
     "PreprocessedBatches",
     "load_rgb",
+    "unreadable_image",
     "preprocess_image",
     "decode_and_preprocess",
     "iter_preprocessed",
@@ -130,6 +131,29 @@ def preprocess_image(image_or_path: Any, cfg: PreprocessConfig) -> np.ndarray:
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
     return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def unreadable_image(image: Any, exc: BaseException) -> Exception:
+    """The one-line :class:`~lexlens.errors.DataError` for an image path that does not decode
+    (missing, not an image, truncated), or ``exc`` itself for anything else."""
+    from lexlens.errors import DataError
+
+    decodes = (
+        isinstance(exc, OSError | ValueError) or type(exc).__name__ == "DecompressionBombError"
+    )
+    if not isinstance(image, str | os.PathLike) or not decodes:
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        why = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        why = "it is a folder"
+    elif type(exc).__name__ == "UnidentifiedImageError":
+        why = "not an image file PIL can read"
+    elif type(exc).__name__ == "DecompressionBombError":
+        why = "too many pixels (PIL's decompression-bomb limit)"
+    else:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+    return DataError(f"cannot read image {os.fspath(image)}: {why}")
 
 
 def decode_and_preprocess(path: str, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:

@@ -28,6 +28,7 @@ ranks every image a caption truly describes (``caption_fits``) first, tied in ra
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,13 @@ import numpy as np
 from lexlens.errors import DataError, UsageError
 from lexlens.eval import metrics as M
 from lexlens.index.base import KindContext, SearchParams, Vectors
-from lexlens.models.base import Encoder, ImageInput, SparseBatch, encode_query_lexical
+from lexlens.models.base import (
+    Encoder,
+    ImageInput,
+    SparseBatch,
+    check_batch_size,
+    encode_query_lexical,
+)
 
 __all__ = [
     "EvalSet",
@@ -229,6 +236,17 @@ def _fg_block(
 
 
 # ----------------------------------------------------------------------------- evaluate
+def _check_images_exist(images: Sequence[Any]) -> None:
+    """One line before any encoding when image files are missing (a wrong images root)."""
+    paths = [p for p in images if isinstance(p, str | os.PathLike)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(images)} images are missing, e.g. {os.fspath(missing[0])}; "
+            "if they are in another folder, give it as the images root (--images)"
+        )
+
+
 def evaluate(
     encoder: Encoder,
     dataset: Any,
@@ -253,6 +271,7 @@ def evaluate(
     ks = sorted({int(k) for k in k_values})
     if not ks or ks[0] <= 0:
         raise UsageError(f"k values must be positive, got {list(k_values)}")
+    check_batch_size(batch_size)
     es = as_eval_set(dataset).limit(limit)
     spec = None
     need_dense, need_sparse = True, bool(encoder.has_lexical)
@@ -265,9 +284,15 @@ def evaluate(
             raise UsageError(
                 f"index {spec} needs lexical weights; {encoder.name} has no lexical output"
             )
+        if not spec_sparse and query_mode != "encoder":
+            raise UsageError(
+                f"query mode {query_mode} is for lexical indexes (sparse, hybrid); "
+                f"index {spec} is dense"
+            )
 
     if need_sparse or query_mode != "encoder":
         encoder.check_query_mode(query_mode)  # before any encoding
+    _check_images_exist(es.images)
     texts, t2i_map = es.texts, es.text_to_image
     n_images, n_texts = len(es.images), len(texts)
     seconds: dict[str, float] = {}

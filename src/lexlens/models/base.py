@@ -36,6 +36,7 @@ __all__ = [
     "l2_normalize",
     "QUERY_MODES",
     "encode_query_lexical",
+    "check_batch_size",
 ]
 
 #: the ways a lexical query (a text) can be encoded: the full text encoder, or
@@ -170,6 +171,19 @@ class TorchDualEncoder(Protocol):
     def text_features(self, tokens: dict[str, Any]) -> Any: ...
 
 
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` if it is a positive integer, else a one-line UsageError."""
+    from lexlens.errors import UsageError
+
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
 class Encoder(abc.ABC):
     """A dual encoder: images and texts into one L2-normalised space.
 
@@ -244,10 +258,19 @@ class Encoder(abc.ABC):
 
     # -- shared machinery -------------------------------------------------------------
     def preprocess(self, image: Any) -> np.ndarray:
-        """One image (PIL image or path) -> ``float32 [3, H, W]`` ready for the forward pass."""
-        from lexlens.data.images import preprocess_image
+        """One image (PIL image or path) -> ``float32 [3, H, W]`` ready for the forward pass.
 
-        return preprocess_image(image, self.preprocess_config)
+        A path that does not decode raises a one-line :class:`~lexlens.errors.DataError`
+        naming the file."""
+        from lexlens.data.images import preprocess_image, unreadable_image
+
+        try:
+            return preprocess_image(image, self.preprocess_config)
+        except Exception as e:
+            err = unreadable_image(image, e)
+            if err is e:
+                raise
+            raise err from None
 
     def _to_pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
         arrs = [im if isinstance(im, np.ndarray) else self.preprocess(im) for im in images]
@@ -259,6 +282,7 @@ class Encoder(abc.ABC):
         """Embeddings ``float32 [n, dim]`` (rows L2-normalised) of images."""
         from lexlens.progress import progress_bar
 
+        check_batch_size(batch_size)
         images = list(images)
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         with progress_bar(
@@ -276,6 +300,7 @@ class Encoder(abc.ABC):
         """Embeddings ``float32 [n, dim]`` (rows L2-normalised) of texts."""
         from lexlens.progress import progress_bar
 
+        check_batch_size(batch_size)
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with progress_bar(

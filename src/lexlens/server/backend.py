@@ -328,15 +328,12 @@ class Backend:
         self, name: str | None, embedding: Sequence[float] | np.ndarray, **opts: Any
     ) -> SearchOutcome:
         """A raw embedding ``[d]`` (dense indexes only)."""
-        from lexlens.search import Query
+        from lexlens.search import Query, check_embeddings
 
-        vec = np.asarray(embedding, dtype=np.float64).reshape(-1)
-        if vec.size == 0 or not np.isfinite(vec).all():
-            raise UsageError("the embedding must be a non-empty list of finite numbers")
-        if not np.any(vec):
-            raise UsageError("the embedding is all zeros")
-        vec = vec / np.abs(vec).max()  # scale is irrelevant (cosine); keeps huge values in float32
-        return self._search(name, Query(embedding=vec.astype(np.float32)), **opts)
+        vec = np.asarray(embedding)
+        if vec.ndim != 1:
+            raise UsageError(f"the embedding must be a flat list of numbers, got shape {vec.shape}")
+        return self._search(name, Query(embedding=check_embeddings(vec)[0]), **opts)
 
     def _search(
         self,
