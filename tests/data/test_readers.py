@@ -240,3 +240,41 @@ def test_cli_data_scenes_and_info(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "nope")]) == 1
     assert "lexlens: error:" in capsys.readouterr().err
     assert main(["data", "scenes", str(out), "--n", "0"]) == 2
+
+
+def test_jsonl_same_image_on_two_lines_is_one_image_with_all_captions(tmp_path):
+    a, b = _img(tmp_path / "images/0.png"), _img(tmp_path / "images/1.png")
+    m = [{"objects": [{"shape": s}]} for s in ("circle", "star", "cross")]
+    lines = [
+        {"image": "images/0.png", "captions": ["a circle"], "caption_meta": [m[0]], "tag": "x"},
+        {"image": "images/1.png", "captions": ["a star"], "caption_meta": [m[1]]},
+        {"image": "./images/0.png", "captions": ["a red cross"], "caption_meta": [m[2]]},
+    ]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ds = load_dataset(tmp_path)
+    assert ds.image_paths == [a, b]
+    assert ds.captions == [["a circle", "a red cross"], ["a star"]]
+    assert ds.caption_meta == [[m[0], m[2]], [m[1]]]
+    assert ds.records[0]["tag"] == "x"
+    assert dataset_info(ds)["images"] == 2
+
+
+def test_jsonl_nan_and_infinity_are_read_as_null(tmp_path):
+    _img(tmp_path / "images/0.png")
+    (tmp_path / "captions.jsonl").write_text(
+        '{"image": "images/0.png", "captions": ["x"], "score": NaN, "big": -Infinity}\n'
+    )
+    ds = load_dataset(tmp_path)
+    assert ds.records[0]["score"] is None and ds.records[0]["big"] is None
+    json.dumps(ds.records[0], allow_nan=False)  # strict JSON from here on
+
+
+def test_csv_numeric_looking_names_and_captions_stay_text(tmp_path):
+    for name in ("1", "007"):  # file names without an extension, as some exports have
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    a, b = str((tmp_path / "1").resolve()), str((tmp_path / "007").resolve())
+    (tmp_path / "t.csv").write_text("image,caption,n\n1,42,3\n007,3.50,4\n")
+    ds = load_dataset(tmp_path / "t.csv")
+    assert ds.image_paths == [a, b]
+    assert ds.captions == [["42"], ["3.50"]]
+    assert [r["n"] for r in ds.records] == [3, 4]  # other columns keep their types

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,11 @@ def _read_image_folder(folder: Path) -> Dataset:
     return Dataset(root, "folder", paths, [[] for _ in paths])
 
 
+def _null(_constant: str) -> None:
+    """``json`` hook: NaN / Infinity (not JSON, though Python writes them) are read as null."""
+    return None
+
+
 def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -198,7 +203,7 @@ def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line, parse_constant=_null)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
                 if not isinstance(obj, dict):
@@ -225,6 +230,7 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
     captions: list[list[str]] = []
     records: list[dict[str, Any]] = []
     metas: list[list[dict[str, Any]] | None] = []
+    row_of: dict[str, int] = {}
     for no, obj in _json_lines(path):
         image = obj.get("image", obj.get("path"))
         if not isinstance(image, str) or not image:
@@ -233,7 +239,19 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
         meta = obj.get("caption_meta")
         if meta is not None and (not isinstance(meta, list) or len(meta) != len(caps)):
             raise DataError(f"{path}:{no}: caption_meta must have one entry per caption")
-        paths.append(_resolve(image, base))
+        resolved = _resolve(image, base)
+        if resolved in row_of:  # the same image on another line: its captions are added
+            i = row_of[resolved]
+            if caps:
+                held = metas[i]
+                if not captions[i]:
+                    metas[i] = meta
+                else:
+                    metas[i] = None if held is None or meta is None else held + meta
+                captions[i] = captions[i] + caps
+            continue
+        row_of[resolved] = len(paths)
+        paths.append(resolved)
         captions.append(caps)
         metas.append(meta)
         records.append(
@@ -294,17 +312,21 @@ def _read_list(path: Path, images_root: Path | None) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- tables
-def _read_table_rows(path: Path) -> list[dict[str, Any]]:
+def _read_table_rows(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of a Parquet or CSV/TSV file; ``text_columns`` of a CSV are read as text (so
+    file names and captions that look like numbers stay as written)."""
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
         else:
+            import pyarrow as pa
             import pyarrow.csv as pcsv
 
             opts = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            table = pcsv.read_csv(path, parse_options=opts)
+            conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
+            table = pcsv.read_csv(path, parse_options=opts, convert_options=conv)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot read the table ({first})") from None
@@ -322,7 +344,17 @@ def _pick_column(
     return next((lower[c] for c in candidates if c in lower), None)
 
 
+def _as_text(value: Any) -> Any:
+    """A number in a text column (a typed Parquet column) as its text; anything else as is."""
+    if isinstance(value, float) and value != value:  # NaN: an empty cell
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 def _table_captions(value: Any, where: str) -> list[str]:
+    value = _as_text(value)
     if value is None:
         return []
     if isinstance(value, str):
@@ -349,13 +381,17 @@ def _read_table(
             f"{path}: no image column (columns: {', '.join(columns)}); pass --image-column"
         )
     cap_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
+    text_cols = [c for c in (img_col, cap_col) if c is not None]
+    typed = any(not isinstance(r.get(c), str | list | None) for r in rows for c in text_cols)
+    if typed and path.suffix.lower() in (".csv", ".tsv"):
+        rows = _read_table_rows(path, text_cols)  # numbers-looking names read back as text
     base = images_root or path.parent.resolve()
     position: dict[str, int] = {}
     paths: list[str] = []
     captions: list[list[str]] = []
     records: list[dict[str, Any]] = []
     for no, row in enumerate(rows, 2 if path.suffix.lower() in (".csv", ".tsv") else 1):
-        name = row.get(img_col)
+        name = _as_text(row.get(img_col))
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{path}: row {no} has no image path in column {img_col!r}")
         full = _resolve(name.strip(), base)
@@ -374,7 +410,7 @@ def _read_table(
 # ----------------------------------------------------------------------------- Karpathy
 def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> Dataset:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_null)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:

@@ -314,6 +314,8 @@ class Index:
         store = IndexDir(out)
         encoder = _resolve_encoder(model)
         todo = read_source(source, items)
+        if not todo and items == "texts":
+            raise DataError(f"{source} has no captions; a caption index (--items texts) needs them")
         parsed = (
             parse_spec(spec)
             if spec is not None

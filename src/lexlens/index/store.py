@@ -32,6 +32,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -77,6 +78,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (not JSON; SQLite's JSON functions reject them) as
+    ``None``, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _fields_json(fields: dict[str, Any]) -> str:
+    """An item's user fields as strict JSON (what ``--where`` queries with SQLite)."""
+    return json.dumps(_finite(fields), sort_keys=True, allow_nan=False)
 
 
 @dataclass
@@ -411,7 +429,7 @@ class MetaDB:
                     r.file_hash,
                     r.pixel_hash,
                     json.dumps(r.captions),
-                    json.dumps(r.fields, sort_keys=True),
+                    _fields_json(r.fields),
                     time.time() if r.indexed is None else r.indexed,
                 )
                 for r in rows
@@ -432,7 +450,7 @@ class MetaDB:
         """New captions / user fields for items whose content did not change."""
         self._con().executemany(
             "UPDATE items SET captions = ?, fields = ? WHERE id = ?",
-            [(json.dumps(c), json.dumps(f, sort_keys=True), i) for i, c, f in rows],
+            [(json.dumps(c), _fields_json(f), i) for i, c, f in rows],
         )
 
     def commit(self) -> None:

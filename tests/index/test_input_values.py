@@ -1,0 +1,53 @@
+"""Index inputs a user's files can hold: non-finite numbers in fields, no captions at all.
+
+The fake encoder; the reference for ``--where`` is a filter written out over the fields."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from fakes import FakeEncoder
+from PIL import Image
+
+from lexlens.errors import DataError
+from lexlens.index.index import Index
+from lexlens.index.ingest import SourceItem
+from lexlens.search import Query
+
+
+def _folder(tmp_path, fields):
+    (tmp_path / "images").mkdir(parents=True)
+    lines = []
+    for i, f in enumerate(fields):
+        Image.new("RGB", (8, 8), (40 * i, 90, 200 - 30 * i)).save(tmp_path / f"images/{i}.png")
+        lines.append({"image": f"images/{i}.png", "captions": [f"shape {i}"], **f})
+    # json.dumps writes NaN / Infinity as Python does; readers see them in real exports
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return tmp_path
+
+
+@pytest.mark.parametrize("given", ["captions.jsonl", "items"])
+def test_non_finite_fields_become_null_and_filters_work(tmp_path, given) -> None:
+    fields = [{"score": 2.0}, {"score": math.nan}, {"score": math.inf, "deep": [-math.inf]}]
+    src = _folder(tmp_path / "d", fields)
+    if given == "items":  # straight to the store, past the readers
+        src = [
+            SourceItem(str(src / f"images/{i}.png"), None, [f"shape {i}"], f)
+            for i, f in enumerate(fields)
+        ]
+    idx = Index.build(src, FakeEncoder(), tmp_path / "idx", spec="flat", progress=False)
+    res = idx.search(Query(text="shape"), k=3, where="score>1")
+    want = {i for i, f in enumerate(fields) if math.isfinite(f["score"]) and f["score"] > 1}
+    assert {int(i) for i in res.ids[0] if i >= 0} == want
+    stored = {r.id: r.fields for r in idx._state.meta.all_rows()}
+    assert stored[1]["score"] is None and stored[2] == {"score": None, "deep": [None]}
+    json.dumps(res.to_dict(), allow_nan=False)  # the --json output is strict JSON
+
+
+def test_caption_index_of_a_folder_without_captions_is_refused(tmp_path) -> None:
+    (tmp_path / "p").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "p" / "a.png")
+    with pytest.raises(DataError, match="has no captions"):
+        Index.build(tmp_path / "p", FakeEncoder(), tmp_path / "idx", items="texts", progress=False)
