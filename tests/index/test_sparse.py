@@ -362,6 +362,24 @@ def test_reference_scores_equal_the_naive_sums(data) -> None:
         np.testing.assert_array_equal(got[r], acc.astype(np.float32))
 
 
+def test_eval_scores_equal_the_index_reference_bit_for_bit() -> None:
+    """The evaluation's exact lexical matrix ties exactly where the index's scores do, so both
+    order equal scores by id (float32 sums in another word order would differ by an ulp)."""
+    from lexlens.eval.exact import sparse_scores
+    from lexlens.index.sparse import sparse_scores_reference
+
+    rng = np.random.default_rng(7)
+    vocab = [f"w{i}" for i in range(60)]
+    x = np.zeros((300, 60), np.float32)  # 8-bit codes over [0, 4], as the lexicon heads give
+    for r in range(300):
+        x[r, rng.choice(60, 20, replace=False)] = rng.integers(1, 256, 20) * np.float32(4 / 255)
+    q = np.where(rng.random((40, 60)) < 0.25, rng.random((40, 60)), 0).astype(np.float32)
+    items, queries = SparseBatch.from_dense(x, vocab=vocab), SparseBatch.from_dense(q, vocab=vocab)
+    np.testing.assert_array_equal(
+        sparse_scores(queries, items), sparse_scores_reference(queries, items)
+    )
+
+
 # ----------------------------------------------------------------------------- layout 2
 @pytest.mark.parametrize("ratio", [0.0, float("inf")])
 def test_rows_only_and_gap_lists_only_equal_brute_force(data, monkeypatch, ratio) -> None:

@@ -52,13 +52,16 @@ def to_csr(batch: SparseBatch) -> object:
 
 
 def sparse_scores(queries: SparseBatch, items: SparseBatch) -> np.ndarray:
-    """Dense ``float32 [n_queries, n_items]`` matrix of sparse dot products."""
+    """Dense ``float32 [n_queries, n_items]`` matrix of sparse dot products (summed in
+    ``float64``, rounded once)."""
     if queries.vocab_size != items.vocab_size:
         raise UsageError(
             f"sparse vocabularies differ: {queries.vocab_size} vs {items.vocab_size} words"
         )
-    q = to_csr(queries)
-    x = to_csr(items).T.tocsc()
+    # accumulated in float64 and rounded once, as the sparse index's kernels do, so equal sums
+    # are equal float32 scores whatever the order of the words (ties then go by id)
+    q = to_csr(queries).astype(np.float64)  # type: ignore[attr-defined]
+    x = to_csr(items).T.tocsc().astype(np.float64)  # type: ignore[attr-defined]
     return np.asarray((q @ x).toarray(), dtype=np.float32)  # type: ignore[operator]
 
 
