@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
@@ -613,11 +614,17 @@ def _run_index_remove(a: IndexRemoveArgs) -> int:
     if not (a.paths or a.ids or a.missing):
         raise UsageError("nothing to remove: give paths, --id ID or --missing")
     idx = Index.open(a.index)
+    held = idx.ids_of(a.paths)
+    absent = [p for p in a.paths if os.path.abspath(p) not in held]
+    absent += [str(i) for i in a.ids if i not in idx.rows(a.ids)]
     n = idx.remove([*a.paths, *a.ids], missing=a.missing)
     _emit(
-        {"removed": n, "count": len(idx)},
+        {"removed": n, "count": len(idx), "not_found": absent},
         a.json,
-        lambda r: f"removed {r['removed']}; {r['count']} items left",
+        lambda r: (
+            f"removed {r['removed']}; {r['count']} items left"
+            + (f"; not in the index: {', '.join(r['not_found'])}" if r["not_found"] else "")
+        ),
     )
     return 0
 

@@ -96,7 +96,10 @@ def test_index_info_remove_dups_add(built, capsys):
     info = _json(capsys, ["index", "info", idx, "--verify", "--json"])
     assert (info["count"], info["model"], info["verified"]) == (24, "test:fake", True)
     out = _json(capsys, ["index", "remove", idx, str(src / "img-0000.png"), "--id", "1", "--json"])
-    assert out == {"removed": 2, "count": 22}
+    assert out == {"removed": 2, "count": 22, "not_found": []}
+    gone = str(tmp / "no-such.png")
+    out = _json(capsys, ["index", "remove", idx, gone, "--id", "1", "--id", "999", "--json"])
+    assert out == {"removed": 0, "count": 22, "not_found": [gone, "1", "999"]}
     (src / "img-0002.png").unlink()
     assert _json(capsys, ["index", "remove", idx, "--missing", "--json"])["removed"] == 1
     assert main(["index", "remove", idx]) == 2

@@ -546,6 +546,11 @@ class Index:
         """Metadata rows of the given ids."""
         return self._state.meta.rows(ids)
 
+    def ids_of(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[int]]:
+        """``{absolute path: ids}`` of the given file paths that the index holds (a caption
+        index has one id per caption of a path); paths it does not hold are left out."""
+        return self._state.meta.ids_by_path(os.path.abspath(os.fspath(p)) for p in paths)
+
     def vectors(self, ids: Sequence[int]) -> Vectors:
         """The stored vectors of items (raises :class:`NotFoundError` for unknown ids)."""
         st = self._state
