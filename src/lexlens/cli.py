@@ -800,7 +800,12 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to")
     p.add_argument("--limit", type=int, help="only the first N images (and their captions)")
     p.add_argument(
-        "--json", dest="json_out", metavar="OUT", help="write the JSON result to OUT ('-': stdout)"
+        "--json",
+        dest="json_out",
+        metavar="OUT",
+        nargs="?",
+        const="-",
+        help="write the JSON result to OUT ('-' or no OUT: stdout)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="image encoding batch size")
     _add_query_mode_option(p)

@@ -97,6 +97,11 @@ def test_eval_scenes_folder_reports_fg_and_ceiling(tmp_path, capsys) -> None:
     assert main(["eval", "--model", MODEL, "--data", str(tmp_path / "s"), "--json", "-"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["fg_n"] == 24
+    assert main(["eval", "--model", MODEL, "--data", str(tmp_path / "s"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)  # --json alone is stdout too
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in r.items() if k != "seconds"
+    }
     # naive fine-grained accuracy: the true caption strictly beats every swapped one
     enc = load_encoder(MODEL)
     wins = 0
