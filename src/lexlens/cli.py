@@ -219,6 +219,7 @@ class TrainArgs:
     resume: bool = False
     json: bool = False
     text_expansion: bool | None = None
+    force: bool = False
 
 
 def _build_train(sub: argparse._SubParsersAction) -> None:
@@ -265,10 +266,13 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
         help="native models: a text's lexicon weighs only its own words (no expansion), so "
         "explanations name query words; refit the heads with --objective lexical-heads",
     )
-    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--limit", type=_positive_int, help="use at most this many training images")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--force", action="store_true", help="replace the model or training run already in OUT"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(
         _make=lambda ns: TrainArgs(
@@ -291,6 +295,7 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
             ns.resume,
             ns.json,
             ns.text_expansion,
+            ns.force,
         ),
         _run=_run_train,
     )
@@ -338,6 +343,7 @@ def _run_train(a: TrainArgs) -> int:
         overrides,
         a.resume,
         text_expansion=a.text_expansion,
+        force=a.force,
     )
     summary = run_training(req, progress=not a.json, log=log)
 
@@ -798,7 +804,9 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate through an index of this kind (flat, hnsw32, sparse, hybrid(sparse,flat), ...)",
     )
     p.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to")
-    p.add_argument("--limit", type=int, help="only the first N images (and their captions)")
+    p.add_argument(
+        "--limit", type=_positive_int, help="only the first N images (and their captions)"
+    )
     p.add_argument(
         "--json",
         dest="json_out",

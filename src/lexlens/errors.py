@@ -9,6 +9,8 @@ __all__ = [
     "DataError",
     "IndexMismatchError",
     "NotFoundError",
+    "TrainingError",
+    "TrainingInterrupted",
 ]
 
 
@@ -38,3 +40,13 @@ class IndexMismatchError(LexlensError):
 
 class NotFoundError(LexlensError):
     """A named index, item or file does not exist (HTTP 404)."""
+
+
+class TrainingError(LexlensError):
+    """A training run cannot go on (its loss stopped being a number)."""
+
+
+class TrainingInterrupted(LexlensError):
+    """Training was stopped by the user (Ctrl-C) after saving its checkpoint."""
+
+    exit_code = 130

@@ -15,7 +15,7 @@ import numpy as np
 
 from lexlens.errors import UsageError
 
-__all__ = ["TrainRequest", "run_training"]
+__all__ = ["TrainRequest", "run_training", "check_output_folder"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     text_expansion: bool | None = None  # native models: set ``lexicon.text_expansion``
+    force: bool = False  # replace the model or run already in ``out``
 
 
 def run_training(
@@ -47,6 +48,9 @@ def run_training(
     from lexlens.train.loop import TrainConfig, train
     from lexlens.train.recipes import get_recipe, run_recipe
 
+    check_output_folder(req.out, req.resume, req.force)
+    early = {k: v for k, v in req.overrides.items() if k != "objective"}
+    replace(TrainConfig(objective=req.overrides.get("objective") or "clip"), **early).check()
     if req.recipe:
         s = run_recipe(
             get_recipe(req.recipe),
@@ -106,6 +110,28 @@ def run_training(
     summary["model_dir"] = str(req.out)
     summary["model_spec"] = _spec_of_saved(encoder, req.out)
     return summary
+
+
+#: what a training run writes into its output folder (a model, checkpoints, recipe stages)
+_RUN_FILES = ("lexlens.json", "checkpoint.pt", "stage1", "open_clip_config.json", "config.json")
+
+
+def check_output_folder(out: str | Path, resume: bool, force: bool) -> None:
+    """Refuse an output folder that would be overwritten unasked: one holding a model or run
+    needs ``resume`` (continue it) or ``force`` (replace it); one holding anything else (a
+    dataset, an index) is refused either way, so training never writes over someone's files."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {p} is a file; give a folder for the model")
+    if resume or not p.is_dir() or not any(p.iterdir()):
+        return
+    if not any((p / name).exists() for name in _RUN_FILES):
+        raise UsageError(f"--out {p} is not empty and holds no model; choose a new folder")
+    if not force:
+        raise UsageError(
+            f"--out {p} already holds a model or training run; continue it with --resume, "
+            "replace it with --force, or choose a new folder"
+        )
 
 
 def _starting_model(req: TrainRequest) -> tuple[Any, str | None]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lexlens.errors import UsageError
+from lexlens.errors import TrainingError, TrainingInterrupted, UsageError
 from lexlens.train.data import PairSet, batch_fits
 from lexlens.train.losses import (
     contrastive_loss,
@@ -103,6 +103,41 @@ class TrainConfig:
                 f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
             )
         return OBJECTIVES[self.objective]
+
+    def check(self) -> TrainConfig:
+        """``self`` when every setting is usable, else a one-line :class:`UsageError` naming it
+        (as the ``lexlens train`` option where there is one)."""
+        self.terms()
+        whole = {
+            "--epochs": (self.epochs, 1 if not self.max_steps else 0),
+            "--batch-size": (self.batch_size, 1),
+            "--hard-negatives": (self.hard_negatives, 0),
+            "--seed": (self.seed, 0),
+            "--threads": (self.threads, 0),
+            "warmup_steps": (self.warmup_steps, 0),
+            "max_steps": (self.max_steps, 0),
+            "stop_after": (self.stop_after, 0),
+        }
+        for name, (value, low) in whole.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive number, got {self.lr!r}")
+        for f in ("weight_decay", "flops_image", "flops_text", "min_lr_ratio", "mask_ratio"):
+            v = getattr(self, f)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise UsageError(f"{f} must be a number >= 0, got {v!r}")
+        for f in (x for x in asdict(self) if x.startswith("w_")):
+            v = getattr(self, f)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise UsageError(f"{f} must be a number >= 0, got {v!r}")
+        if self.min_lr_ratio > 1 or self.mask_ratio >= 1:
+            raise UsageError("min_lr_ratio must be <= 1 and mask_ratio < 1")
+        return self
+
+
+#: settings a resumed run may change (how it runs, not what it learns)
+_RUN_CONTROL = ("threads", "checkpoint_every", "log_every", "val_every", "stop_after")
 
 
 def augment(x: Any, gen: Any) -> Any:
@@ -291,7 +326,7 @@ def train(
 
     from lexlens.progress import progress_bar
 
-    terms = cfg.terms()
+    terms = cfg.check().terms()
     net = encoder.trainable()
     native = hasattr(net, "image_states")
     heads = _frozen_heads(net, terms)
@@ -309,9 +344,7 @@ def train(
         raise UsageError("training needs at least two image-caption pairs")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = Path(out_dir) / "checkpoint.pt"
     bsz = min(cfg.batch_size, len(data))
     steps_per_epoch = len(data) // bsz
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -323,8 +356,9 @@ def train(
         opt.add_param_group({"params": [siglip_bias], "weight_decay": 0.0})
     if "twins" in terms and (data.twins is None or data.twin_scenes is None):
         raise UsageError(
-            f"objective {cfg.objective!r} needs counterfactual twin images, which only "
-            "generated scenes have (the training recipes); use lexlip-grounded for other data"
+            f"objective {cfg.objective!r} needs counterfactual twin images, which the scenes "
+            "training recipes make as they generate their data (lexlens train --recipe); "
+            "datasets read from files, scenes folders too, have none: use lexlip-grounded"
         )
     roles = None
     if "roles" in terms:
@@ -337,13 +371,26 @@ def train(
 
         roles = RoleHeads.for_net(net)
         opt.add_param_group({"params": list(roles.module.parameters()), "weight_decay": 0.0})
+    out = Path(out_dir)
+    try:  # only now: a run refused above leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot use {out} as the output folder: {e.strerror}") from None
     step, history, seconds = 0, [], 0.0
     if resume:
         if not ckpt_path.is_file():
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["model"], strict=not heads)  # heads: the encoder is not saved
-        opt.load_state_dict(ck["optimizer"])
+        _check_same_run(ck, cfg, data, ckpt_path)
+        try:
+            net.load_state_dict(ck["model"], strict=not heads)  # heads: the encoder is not saved
+            opt.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(
+                f"--resume: {ckpt_path} was saved by another model or objective ({first}); "
+                "start with the model and settings of that run, or train into a new folder"
+            ) from None
         step, history, seconds = int(ck["step"]), list(ck["history"]), float(ck.get("seconds", 0.0))
         if "siglip_bias" in ck:
             siglip_bias.data.fill_(float(ck["siglip_bias"]))
@@ -363,18 +410,25 @@ def train(
             "history": history,
             "seconds": seconds + time.perf_counter() - t_start,
             "config": asdict(cfg),
+            "data": _data_identity(data),
             "siglip_bias": float(siglip_bias.detach()),
             **({"role_heads": roles.module.state_dict()} if roles is not None else {}),
         }
 
     _train_mode(net, heads_only)
-    with progress_bar(total, "train", "step", progress, initial=step) as bar:
+    with (
+        progress_bar(total, "train", "step", progress, initial=step) as bar,
+        _DeferredInterrupt() as interrupt,
+    ):
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
             perm = rng.permutation(len(data))
             caps_pick = np.array([rng.integers(len(c)) for c in data.captions])
             neg_rng = np.random.default_rng([cfg.seed, epoch, 1])
+            for done in range(in_epoch):  # resumed mid-epoch: draw the earlier steps' negatives
+                sl = perm[done * bsz : (done + 1) * bsz]
+                _pick_negatives(data, sl, caps_pick[sl], cfg.hard_negatives, neg_rng)
             while in_epoch < steps_per_epoch and step < total:
                 idx = perm[in_epoch * bsz : (in_epoch + 1) * bsz]
                 cap = caps_pick[idx]
@@ -400,6 +454,13 @@ def train(
                     roles,
                 )
                 loss = sum(losses.values())
+                if not bool(torch.isfinite(loss)):
+                    bad = {k: float(v.detach()) for k, v in losses.items()}
+                    raise TrainingError(
+                        f"training diverged at step {step + 1}: the loss is not a number "
+                        f"({json.dumps(bad)}); lower --lr (now {cfg.lr:g}). The last checkpoint "
+                        f"({ckpt_path}) is from before; nothing else was saved"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(
@@ -423,6 +484,13 @@ def train(
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     _save_checkpoint(ckpt_path, net, opt, state(), heads)
+                if interrupt.requested:
+                    _save_checkpoint(ckpt_path, net, opt, state(), heads)
+                    raise TrainingInterrupted(
+                        f"interrupted at step {step} of {total}; the checkpoint is saved in "
+                        f"{ckpt_path} (no model yet): run the same command with --resume to "
+                        "continue"
+                    )
                 if cfg.stop_after and step >= cfg.stop_after:
                     break
             if in_epoch >= steps_per_epoch:  # an epoch ended
@@ -453,6 +521,65 @@ def train(
         "train_pairs": len(data),
         "source": data.source,
     }
+
+
+def _data_identity(data: PairSet) -> dict[str, Any]:
+    """What a checkpoint records of its training pairs, to recognise them on ``--resume``."""
+    return {"source": str(data.source), "pairs": len(data)}
+
+
+def _check_same_run(ck: dict[str, Any], cfg: TrainConfig, data: PairSet, path: Path) -> None:
+    """A one-line :class:`UsageError` when ``--resume`` would continue a checkpoint made with
+    other data or settings (it would report a run that never happened)."""
+    was, now = dict(ck.get("config") or {}), asdict(cfg)
+    diff = [
+        f"{k} {was[k]!r} -> {now[k]!r}"
+        for k in now
+        if k in was and k not in _RUN_CONTROL and was[k] != now[k]
+    ]
+    seen = ck.get("data")
+    if seen is not None and seen != _data_identity(data):
+        diff.append(
+            f"data {seen['source']} ({seen['pairs']} pairs) -> {data.source} ({len(data)} pairs)"
+        )
+    if diff:
+        raise UsageError(
+            f"--resume: {path} is of another run ({'; '.join(diff)}); resume with that run's "
+            "data and settings, or train into a new folder"
+        )
+
+
+class _DeferredInterrupt:
+    """While active (in the main thread), the first Ctrl-C only sets :attr:`requested`, so the
+    loop can finish its step and save a checkpoint; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self) -> _DeferredInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 def _twins_loss(
@@ -549,6 +676,29 @@ def _epoch_line(entry: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _pick_negatives(
+    data: PairSet, idx: np.ndarray, cap: np.ndarray, hard: int, neg_rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    """Hard negatives of a batch: up to ``hard`` swapped captions of each image's sampled
+    caption. ``(neg_idx [B, H]`` (the negative's position among the batch's texts, after the
+    ``B`` positives; -1: none), ``texts)``. Draws from ``neg_rng`` (one stream per epoch)."""
+    B = len(idx)
+    H = hard if data.negatives is not None else 0
+    neg_idx = np.full((B, H), -1, np.int64)
+    extra: list[str] = []
+    for b, (i, j) in enumerate(zip(idx, cap, strict=True)):
+        if H == 0:
+            break
+        pool = data.negatives[i][j] if j < len(data.negatives[i]) else []
+        if not pool:
+            continue
+        pick = neg_rng.choice(len(pool), size=min(H, len(pool)), replace=False)
+        for h, p in enumerate(pick):
+            neg_idx[b, h] = B + len(extra)
+            extra.append(pool[p])
+    return neg_idx, extra
+
+
 def _step(
     net: Any,
     lexical: bool,
@@ -573,20 +723,8 @@ def _step(
 
     B = len(idx)
     texts = [data.captions[i][j] for i, j in zip(idx, cap, strict=True)]
-    # hard negatives: up to H swapped captions of each image's sampled caption
-    H = cfg.hard_negatives if data.negatives is not None else 0
-    neg_idx = np.full((B, H), -1, np.int64)
-    extra: list[str] = []
-    for b, (i, j) in enumerate(zip(idx, cap, strict=True)):
-        if H == 0:
-            break
-        pool = data.negatives[i][j] if j < len(data.negatives[i]) else []
-        if not pool:
-            continue
-        pick = neg_rng.choice(len(pool), size=min(H, len(pool)), replace=False)
-        for h, p in enumerate(pick):
-            neg_idx[b, h] = B + len(extra)
-            extra.append(pool[p])
+    neg_idx, extra = _pick_negatives(data, idx, cap, cfg.hard_negatives, neg_rng)
+    H = neg_idx.shape[1]
     pos = positive_mask(np.arange(B), B, _batch_positives(data, idx, cap))  # [B texts, B images]
     x = images_t[torch.from_numpy(idx)].float() / 255.0  # [B, 3, S, S]
     tidx = np.zeros(0, np.int64)  # images of the batch whose twins join it (after the B)
