@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from train_helpers import assert_same_weights
 
 from lexlens.cli import main
 from lexlens.errors import TrainingError, TrainingInterrupted, UsageError
@@ -139,8 +140,4 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(pairs, tmp_path
     again = _fresh(pairs)
     s = train(again, pairs, cfg, tmp_path / "cut", resume=True, progress=False)
     assert s["steps"] == 6
-    for (ka, va), (kb, vb) in zip(
-        full.net.state_dict().items(), again.net.state_dict().items(), strict=True
-    ):
-        assert ka == kb
-        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
+    assert_same_weights(full, again)

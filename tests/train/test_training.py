@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from train_helpers import assert_same_weights
 
 from lexlens.cli import main
 from lexlens.errors import UsageError
@@ -84,11 +85,7 @@ def test_resume_continues_from_the_same_step(tiny_set, tmp_path) -> None:
     b2 = _fresh(data)
     s = train(b2, data, cfg, tmp_path / "b", resume=True, progress=False)
     assert s["steps"] == 4
-    for (ka, va), (kb, vb) in zip(
-        a.net.state_dict().items(), b2.net.state_dict().items(), strict=True
-    ):
-        assert ka == kb
-        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5)
+    assert_same_weights(a, b2)
 
 
 def test_cli_train_recipe_json_and_reload(tmp_path, capsys) -> None:
