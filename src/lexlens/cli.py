@@ -758,6 +758,12 @@ def _run_search(a: SearchArgs) -> int:
             "has nothing to show; a sparse or hybrid index explains its hits",
             file=sys.stderr,
         )
+    for name in idx.unknown_fields(a.where):
+        print(
+            f"lexlens: note: no item of {a.index} has a field {name!r}, so conditions on it "
+            "match nothing (nested fields are dotted: scene.count)",
+            file=sys.stderr,
+        )
     res = idx.search(
         queries,
         k=a.k,

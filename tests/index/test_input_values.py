@@ -51,3 +51,14 @@ def test_caption_index_of_a_folder_without_captions_is_refused(tmp_path) -> None
     Image.new("RGB", (8, 8)).save(tmp_path / "p" / "a.png")
     with pytest.raises(DataError, match="has no captions"):
         Index.build(tmp_path / "p", FakeEncoder(), tmp_path / "idx", items="texts", progress=False)
+
+
+def test_unknown_fields_of_a_filter_are_named(tmp_path) -> None:
+    src = _folder(tmp_path / "d", [{"scene": {"count": 2}}, {"scene": {"count": 1}}, {}])
+    out = tmp_path / "idx"
+    idx = Index.build(src, FakeEncoder(), out, spec="flat", progress=False)
+    assert idx.unknown_fields("n>2 AND scene.count>1 AND id>0 AND scene.nope=x AND n<9") == [
+        "n",
+        "scene.nope",
+    ]
+    assert idx.unknown_fields(None) == [] and idx.unknown_fields("scene.count=1") == []

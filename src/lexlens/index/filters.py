@@ -17,9 +17,10 @@ from typing import Any
 
 from lexlens.errors import UsageError
 
-__all__ = ["Condition", "parse_where", "where_sql"]
+__all__ = ["Condition", "parse_where", "where_sql", "COLUMNS"]
 
-_COLUMNS = {"id", "path", "text", "size", "mtime"}
+#: the item columns a condition can name besides the user fields
+COLUMNS = frozenset({"id", "path", "text", "size", "mtime"})
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _COND = re.compile(
     r"\s*(?P<field>[^\s=!<>]+)\s*(?P<op>!=|>=|<=|=|>|<)\s*"
@@ -89,7 +90,7 @@ def where_sql(conds: list[Condition]) -> tuple[str, list[Any]]:
     parts: list[str] = []
     params: list[Any] = []
     for c in conds:
-        if c.field in _COLUMNS:  # a fixed identifier from the whitelist
+        if c.field in COLUMNS:  # a fixed identifier from the whitelist
             expr, type_expr, path_params = c.field, f"typeof({c.field})", []
             types = {"num": ("integer", "real"), "text": ("text",), "bool": ("integer",)}
         else:

@@ -546,6 +546,14 @@ class Index:
         """Metadata rows of the given ids."""
         return self._state.meta.rows(ids)
 
+    def unknown_fields(self, where: str | None) -> list[str]:
+        """The user fields a ``where`` filter names that no item has (such a condition matches
+        nothing, except ``!=``); the item columns (``id``, ``path``, ...) always exist."""
+        from lexlens.index.filters import COLUMNS, parse_where
+
+        names = dict.fromkeys(c.field for c in parse_where(where) if c.field not in COLUMNS)
+        return [f for f in names if not self._state.meta.has_field(f)]
+
     def ids_of(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[int]]:
         """``{absolute path: ids}`` of the given file paths that the index holds (a caption
         index has one id per caption of a path); paths it does not hold are left out."""

@@ -490,6 +490,11 @@ class MetaDB:
                 out.setdefault(p, []).append(int(i))
         return out
 
+    def has_field(self, dotted: str) -> bool:
+        """Whether any item has the user field ``dotted`` (a path into nested objects)."""
+        q = "SELECT 1 FROM items WHERE json_type(fields, ?) IS NOT NULL LIMIT 1"
+        return self._con().execute(q, ["$." + dotted]).fetchone() is not None
+
     def select_ids(self, where_sql: str, params: Sequence[Any]) -> np.ndarray:
         """Ids of the rows matching a SQL condition (built by :mod:`lexlens.index.filters`)."""
         cur = self._con().execute(
