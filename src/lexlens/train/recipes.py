@@ -228,11 +228,17 @@ def run_recipe(
 
     mcfg = load_config(recipe.config)
     size = mcfg.image.image_size
+    if log:
+        log(f"recipe {recipe.name}: drawing {recipe.n_val} validation scenes")
     va = pairs_from_scenes(recipe.n_val, recipe.val_seed, size, "val", progress=progress)
     enc = None
     summaries = []
     for i, stage in enumerate(recipe.stages, start=1):
         cfg = replace(stage.train, **(overrides or {}))
+        if log:  # before drawing the scenes, which takes a while
+            log(
+                f"stage {i}/{len(recipe.stages)}: {stage.n_train} scenes (seed {stage.seed}), objective {cfg.objective}"
+            )
         tr = pairs_from_scenes(
             stage.n_train,
             stage.seed,
@@ -252,10 +258,6 @@ def run_recipe(
             enc.set_text_expansion(stage.text_expansion)
         sdir = Path(out_dir) / f"stage{i}"
         again = resume and (sdir / "checkpoint.pt").is_file()
-        if log:
-            log(
-                f"stage {i}/{len(recipe.stages)}: {stage.n_train} scenes (seed {stage.seed}), objective {cfg.objective}"
-            )
         summaries.append(
             train(enc, tr, cfg, sdir, val=va, resume=again, progress=progress, log=log)
         )
