@@ -63,6 +63,23 @@ def test_three_stages_on_the_same_images(tmp_path, workers):
     assert "end_to_end" in text and "unreadable" in text
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_stage_runs_a_caching_encoder(tmp_path, workers):
+    """The lexical: adapter keeps recent forward passes for index building's lexical pass:
+    none may serve the bench's warm-up, forward and end-to-end passes over the same images."""
+    from lexlens.models.lexical_adapter import LexicalAdapter, parse_lexical_options
+
+    paths = _images(tmp_path, 23)
+    inner = CountingEncoder()
+    enc = LexicalAdapter(inner, parse_lexical_options("words=scenes"))
+    r = bench_encode(enc, paths, batch_size=4, workers=workers)
+    assert r["forward"]["images"] == r["end_to_end"]["images"] == 23 and r["consistent"]
+    assert inner.seen == 4 + 23 + 23
+    # a second run measures the model again too
+    bench_encode(enc, paths, batch_size=4, workers=workers)
+    assert inner.seen == 2 * (4 + 23 + 23)
+
+
 def test_forward_rate_reflects_the_model(tmp_path):
     paths = _images(tmp_path, 12)
     r = bench_encode(CountingEncoder(delay_per_image=0.01), paths, batch_size=4, workers=0)

@@ -343,17 +343,46 @@ def test_word_embeddings_are_computed_once_and_cached_on_disk(files, tmp_path, m
     ]
 
 
-def test_dense_and_lexical_of_one_batch_share_a_forward_pass(files):
+def _counted_adapter(files):
+    """(inner HashEncoder counting its image batches, a sim adapter over it with its word
+    embeddings computed, pixels of the colour images)."""
     inner = HashEncoder()
     enc = LexicalAdapter(inner, parse_lexical_options(_opts(files, weight="sim")))
     pixels = np.stack([inner.preprocess(colour_image(c, seed=5)) for c in COLOURS])
     enc.word_embeddings()
+    return inner, enc, pixels
+
+
+def test_dense_and_lexical_of_one_batch_share_a_forward_pass(files):
+    inner, enc, pixels = _counted_adapter(files)
     before = inner.image_batches
     dense = enc.encode_images(pixels, batch_size=8)
     sparse = enc.encode_images_lexical(pixels, batch_size=8)
     assert inner.image_batches == before + 1
     np.testing.assert_allclose(dense, inner.encode_images(pixels), atol=1e-6)
     assert len(sparse) == len(COLOURS)
+
+
+def test_a_forward_pass_serves_only_the_other_side_once(files):
+    inner, enc, pixels = _counted_adapter(files)
+    before = inner.image_batches
+    # repeated dense passes (a benchmark's) run the model every time
+    first = enc.encode_images(pixels, batch_size=8)
+    np.testing.assert_array_equal(enc.encode_images(pixels, batch_size=8), first)
+    assert inner.image_batches == before + 2
+    # the lexical pass takes the last dense pass, once; the next one runs the model
+    sparse = enc.encode_images_lexical(pixels, batch_size=8)
+    assert inner.image_batches == before + 2
+    again = enc.encode_images_lexical(pixels, batch_size=8)
+    assert inner.image_batches == before + 3
+    np.testing.assert_array_equal(again.to_dense(), sparse.to_dense())
+    # and the other way round: lexical first, then dense
+    enc.encode_images_lexical(pixels[:2], batch_size=8)
+    assert inner.image_batches == before + 4
+    np.testing.assert_allclose(enc.encode_images(pixels[:2], batch_size=8), first[:2], atol=1e-6)
+    assert inner.image_batches == before + 4
+    enc.encode_images(pixels[:2], batch_size=8)
+    assert inner.image_batches == before + 5
 
 
 def test_decoding_workers_get_a_picklable_preprocessing(files):

@@ -13,6 +13,12 @@ The files are read once before timing, so every stage sees the same (warm) page 
 ``end_to_end`` close to ``min(decode, forward)`` means the two overlap well; the smaller of
 the two is the bottleneck. Unreadable files are skipped and counted. ``consistent`` checks
 that the end-to-end embeddings equal the forward-alone ones.
+
+The stages pass over the same images (the warm-up batch is the forward stage's first): an
+encoder must not answer a repeated :meth:`Encoder.encode_images` from a cache. The
+``lexical:`` adapter keeps a batch's forward pass only for its lexical pass over that batch
+(:meth:`LexicalAdapter._handoff <lexlens.models.lexical_adapter.LexicalAdapter._handoff>`),
+so every stage runs the model.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ while the forward pass runs here.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Union
@@ -280,6 +280,17 @@ class Encoder(abc.ABC):
         self, images: Sequence[ImageInput], batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
         """Embeddings ``float32 [n, dim]`` (rows L2-normalised) of images."""
+        return self._encode_image_batches(images, batch_size, progress, self._forward_images)
+
+    def _encode_image_batches(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int,
+        progress: bool,
+        forward: Callable[[np.ndarray], np.ndarray],
+    ) -> np.ndarray:
+        """Images preprocessed ``batch_size`` at a time, each batch through ``forward``
+        (pixels ``[b, 3, H, W]`` -> ``[b, dim]``), rows L2-normalised."""
         from lexlens.progress import progress_bar
 
         check_batch_size(batch_size)
@@ -290,7 +301,7 @@ class Encoder(abc.ABC):
         ) as bar:
             for a in range(0, len(images), batch_size):
                 batch = self._to_pixels(images[a : a + batch_size])
-                out[a : a + len(batch)] = l2_normalize(self._forward_images(batch))
+                out[a : a + len(batch)] = l2_normalize(forward(batch))
                 bar.update(len(batch))
         return out
 
