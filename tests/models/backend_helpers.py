@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-__all__ = ["block_network", "check_trainable"]
+__all__ = ["block_network", "check_trainable", "assert_files_have_open_mode"]
 
 
 def block_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[object]:
@@ -31,6 +32,20 @@ def block_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[objec
     monkeypatch.delenv("LEXLENS_ALLOW_DOWNLOADS", raising=False)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return attempts
+
+
+def assert_files_have_open_mode(directory: Path) -> None:
+    """Every file in ``directory`` (not below) has the permission bits ``open()`` gives a new
+    file in this process now (its umask): a saved model is as shareable as any other file."""
+    probe = directory.parent / f".{directory.name}.mode-probe"
+    with open(probe, "w"):
+        pass
+    want = oct(stat.S_IMODE(probe.stat().st_mode))
+    probe.unlink()
+    modes = {
+        p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in directory.iterdir() if p.is_file()
+    }
+    assert modes and all(m == want for m in modes.values()), (want, modes)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backend_helpers import block_network, check_trainable  # noqa: E402
+from backend_helpers import (  # noqa: E402
+    assert_files_have_open_mode,
+    block_network,
+    check_trainable,
+)
 
 from lexlens.errors import ModelNotAvailableError  # noqa: E402
 from lexlens.models import hf as backend  # noqa: E402
@@ -211,6 +215,7 @@ def test_save_then_load_gives_identical_embeddings(which, clip_dir, siglip_dir, 
     d = (clip_dir if which == "clip" else siglip_dir)[0]
     enc = load_encoder(f"hf:{d}")
     enc.save(tmp_path / "saved")
+    assert_files_have_open_mode(tmp_path / "saved")
     again = load_encoder(f"hf:{tmp_path / 'saved'}")
     images = _images()
     np.testing.assert_array_equal(again.encode_images(images), enc.encode_images(images))

@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from backend_helpers import assert_files_have_open_mode  # noqa: E402
 from test_hf_backend import clip_dir, siglip_dir  # noqa: E402, F401 (fixtures)
 from test_openclip_backend import ARCH, TINY  # noqa: E402
 
@@ -168,6 +169,7 @@ def test_lexical_vectors_match_a_numpy_reference(tiny, trained):
 
 def test_saved_model_loads_back_with_identical_vectors(tiny, trained):
     enc, out, _, _, _ = trained
+    assert_files_have_open_mode(out)  # the inner model's files and the heads'
     back = load_encoder(f"openclip:{out}")
     assert isinstance(back, LexHeadsEncoder) and back.has_lexical
     assert back.lexical_query_modes == ("encoder", "inference-free")
@@ -222,6 +224,7 @@ def test_hf_heads_train_save_and_load(family, request, tiny, tmp_path):
         assert torch.equal(v, before[k]), k
     assert any(not torch.equal(v, init[k]) for k, v in enc.net.heads_state().items())
     enc.save(tmp_path / "m")
+    assert_files_have_open_mode(tmp_path / "m")
     back = load_encoder(f"hf:{tmp_path / 'm'}")
     assert isinstance(back, LexHeadsEncoder) and back.cfg.top_k_text == 8
     px = np.random.default_rng(3).normal(size=(3, 3, 32, 32)).astype(np.float32)

@@ -3,8 +3,11 @@ lexical outputs obey their contract; one-line errors for what cannot be loaded."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from backend_helpers import assert_files_have_open_mode
 
 from lexlens.errors import ModelNotAvailableError, UsageError
 from lexlens.models.native import build_native, list_names, load
@@ -69,6 +72,26 @@ def test_half_precision_save_is_close(tmp_path) -> None:
     enc.save(tmp_path / "h", half=True)
     back = load(str(tmp_path / "h"))
     np.testing.assert_allclose(back.encode_texts(TEXTS), enc.encode_texts(TEXTS), atol=2e-2)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o027], ids=oct)
+@pytest.mark.parametrize("half", [False, True])
+def test_saved_files_have_the_mode_of_any_new_file(tmp_path, umask, half) -> None:
+    """safetensors writes its weights 0600; lexlens gives them the umask's usual mode."""
+    from lexlens.models.files import process_umask
+
+    enc = build_native("tiny", texts=TEXTS)
+    old = os.umask(umask)
+    try:
+        assert process_umask() == umask
+        enc.save(tmp_path / "m", half=half)
+        enc.save(tmp_path / "m", half=half)  # replacing a saved model too
+        names = sorted(p.name for p in (tmp_path / "m").iterdir())
+        assert names == ["lexlens.json", "model.safetensors"]
+        assert_files_have_open_mode(tmp_path / "m")
+        assert (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(old)
 
 
 def test_lexical_rows_are_topk_of_the_head(tmp_path) -> None:

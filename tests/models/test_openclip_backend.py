@@ -14,7 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backend_helpers import block_network, check_trainable  # noqa: E402
+from backend_helpers import (  # noqa: E402
+    assert_files_have_open_mode,
+    block_network,
+    check_trainable,
+)
 
 from lexlens.errors import ModelNotAvailableError, UsageError  # noqa: E402
 from lexlens.models import openclip as backend  # noqa: E402
@@ -86,6 +90,7 @@ def test_save_then_load_directory_gives_identical_embeddings(tiny, pixels, tmp_p
     enc = load_encoder(f"openclip:{cfg}:{ckpt}")
     enc.save(tmp_path / "saved")
     assert (tmp_path / "saved" / backend.CONFIG_NAME).is_file()
+    assert_files_have_open_mode(tmp_path / "saved")
     again = load_encoder(f"openclip:{tmp_path / 'saved'}")
     np.testing.assert_array_equal(
         again.encode_images(list(pixels)), enc.encode_images(list(pixels))

@@ -240,8 +240,11 @@ def _image_processor_config(files: Callable[[str], Path | None]) -> dict[str, An
 # ----------------------------------------------------------------------------- loading
 def _save(module: Any, path: Path, family: HFFamily, preprocess: PreprocessConfig) -> None:
     """``save_pretrained`` of model and tokenizer, plus the image-processor config."""
-    module.model.save_pretrained(str(path))
-    module.tokenizer.save_pretrained(str(path))
+    from lexlens.models.files import default_modes
+
+    with default_modes(path):  # save_pretrained's safetensors files would be 0600
+        module.model.save_pretrained(str(path))
+        module.tokenizer.save_pretrained(str(path))
     (path / "preprocessor_config.json").write_text(
         json.dumps(preprocess_to_hf(preprocess, family), indent=2), encoding="utf-8"
     )

@@ -297,13 +297,13 @@ class LexHeadsEncoder(LexicalSources, WrappedEncoder):
 
     def save(self, path: str | Path) -> None:
         """The inner model's files, then ``lexlens_heads.json`` + ``lexlens_heads.safetensors``."""
-        from safetensors.torch import save_file
+        from lexlens.models.files import save_safetensors
 
         out = Path(path)
         self.inner.save(out)
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.heads_state().items()}
         tmp = out / (HEADS_WEIGHTS + ".tmp")
-        save_file(state, str(tmp))
+        save_safetensors(state, tmp)
         tmp.replace(out / HEADS_WEIGHTS)
         self.cfg.meta = dict(self.meta)
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": asdict(self.cfg)}

@@ -511,7 +511,8 @@ def save_native(
 ) -> None:
     """Write a native model directory (atomically replaces the two files)."""
     import torch
-    from safetensors.torch import save_file
+
+    from lexlens.models.files import save_safetensors
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -520,7 +521,7 @@ def save_native(
         for k, v in net.state_dict().items()
     }
     tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp))
+    save_safetensors(state, tmp)
     tmp.replace(out / "model.safetensors")
     doc = {
         "format": "lexlens-native",

@@ -316,7 +316,7 @@ def _preprocess_config(cfg: dict[str, Any], where: str) -> PreprocessConfig:
 
 def _save(module: Any, path: Path, model_cfg: dict[str, Any]) -> None:
     """Write ``open_clip_config.json`` (model + preprocess config), weights and tokenizer files."""
-    from safetensors.torch import save_file
+    from lexlens.models.files import save_safetensors
 
     oc = import_open_clip()
     cfg = json.loads(json.dumps(model_cfg))  # a copy, JSON-clean
@@ -328,7 +328,7 @@ def _save(module: Any, path: Path, model_cfg: dict[str, Any]) -> None:
     preprocess = dict(oc.get_model_preprocess_cfg(module.model))
     config = {"model_cfg": cfg, "preprocess_cfg": preprocess}
     state = {k: v.detach().contiguous() for k, v in module.model.state_dict().items()}
-    save_file(state, str(path / WEIGHTS_NAME))
+    save_safetensors(state, path / WEIGHTS_NAME)
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=list), encoding="utf-8")
 
 
