@@ -23,6 +23,8 @@ class ServeConfig:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    #: one search per index before the server reports it is listening (:meth:`Backend.warm_up`)
+    warm_up: bool = True
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -45,7 +47,9 @@ def serve(
     config: ServeConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``backend`` until Ctrl-C; ``on_ready(url)`` is called once the port is bound.
+    """Serve ``backend`` until Ctrl-C; ``on_ready(url)`` is called once the port is bound
+    and every index has been warmed up (``config.warm_up``: :meth:`Backend.warm_up`, off the
+    request path; connections made meanwhile wait in the socket's backlog).
 
     Refuses a non-loopback address without an API key (:func:`lexlens.server.app.check_bind`).
     """
@@ -57,12 +61,16 @@ def serve(
     sock = bind_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level=cfg.log_level, lifespan="off", timeout_graceful_shutdown=5)
-    )
-    if on_ready is not None:
-        on_ready(f"http://{shown}:{port}")
     try:
+        if cfg.warm_up:
+            backend.warm_up()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, log_level=cfg.log_level, lifespan="off", timeout_graceful_shutdown=5
+            )
+        )
+        if on_ready is not None:
+            on_ready(f"http://{shown}:{port}")
         server.run(sockets=[sock])
     finally:
         sock.close()
