@@ -146,3 +146,16 @@ def test_synthetic_sparse_is_valid_csr_with_similar_statistics():
         for r in range(200)
     ]
     assert np.mean(own) > 0.8
+
+
+@pytest.mark.parametrize("model", ["synthetic:nosuch", "nosuch:model"])
+def test_unknown_model_error_lists_synthetic_lexical(tmp_path, capsys, model):
+    from lexlens.cli import main
+
+    cfg = B.BenchSearchConfig(model=model, sizes=[100], kinds=["flat"], progress=False)
+    with pytest.raises(UsageError, match="unknown model spec") as e:
+        B.bench_search(cfg)
+    assert B.SYNTHETIC_MODEL in str(e.value) and "native:" in str(e.value)
+    argv = ["bench", "search", "--model", model, "--sizes", "100", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert f"{B.SYNTHETIC_MODEL} or a saved lexlens model dir" in capsys.readouterr().err

@@ -783,7 +783,7 @@ def bench_search(
         if encoder is None:
             from lexlens.models.registry import load_encoder
 
-            encoder = load_encoder(cfg.model)
+            encoder = load_encoder(cfg.model, extra_known=(SYNTHETIC_MODEL,))
         if any_sparse and not encoder.has_lexical:
             raise UsageError(f"{encoder.name} has no lexical output; drop the sparse/hybrid kinds")
         gallery = encode_gallery(

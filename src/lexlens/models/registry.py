@@ -18,7 +18,7 @@ lexlens model (``lexlens.json``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +97,11 @@ def _ensure_builtin_backends() -> None:
 _WITH_OPTIONS = re.compile(r"([A-Za-z][\w-]*)\((.*?)\):(.*)", re.DOTALL)
 
 
-def parse_model_spec(spec: str) -> ModelSpec:
-    """Split ``BACKEND:REST`` into a :class:`ModelSpec`; a saved model directory maps to native."""
+def parse_model_spec(spec: str, extra_known: Sequence[str] = ()) -> ModelSpec:
+    """Split ``BACKEND:REST`` into a :class:`ModelSpec`; a saved model directory maps to native.
+
+    ``extra_known``: other names the caller handles itself (e.g. ``bench search``'s
+    ``synthetic:lexical``), listed with the backends when ``spec`` is unknown."""
     spec = str(spec).strip()
     if not spec:
         raise UsageError("empty model spec; try `lexlens models` for the list")
@@ -119,15 +122,16 @@ def parse_model_spec(spec: str) -> ModelSpec:
     p = Path(spec)
     if (p / "lexlens.json").is_file():
         return ModelSpec("native", spec)
-    known = ", ".join(f"{k}:" for k in sorted(BACKENDS))
+    known = ", ".join([*(f"{k}:" for k in sorted(BACKENDS)), *extra_known])
     raise UsageError(
         f"unknown model spec {spec!r}: expected one of {known} or a saved lexlens model dir"
     )
 
 
-def load_encoder(spec: str) -> Encoder:
-    """Load the encoder named by ``spec`` (see module docstring)."""
-    ms = parse_model_spec(spec)
+def load_encoder(spec: str, extra_known: Sequence[str] = ()) -> Encoder:
+    """Load the encoder named by ``spec`` (see module docstring); ``extra_known`` as in
+    :func:`parse_model_spec`."""
+    ms = parse_model_spec(spec, extra_known)
     backend = BACKENDS[ms.backend]
     enc = (
         backend.load(ms.target, ms.options) if backend.accepts_options else backend.load(ms.target)
