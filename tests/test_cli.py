@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lexlens.cli import main
 
 
@@ -14,3 +16,20 @@ def test_models_json_lists_every_backend(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nosuch"],
+        ["search"],
+        ["train", "--objective", "foo", "--out", "x"],
+        ["eval", "--model", "m", "--data", "d", "--batch-size", "0"],
+    ],
+)
+def test_argument_errors_are_one_line_pointing_at_help(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error: " in err[0] and "--help'" in err[0]

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from lexlens.errors import LexlensError
 
@@ -1189,9 +1189,16 @@ _BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (like every other lexlens error) that point at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (one subparser per command)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lexlens",
         description="Image-text retrieval: dense, lexical and hybrid search.",
     )
