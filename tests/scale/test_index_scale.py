@@ -153,3 +153,31 @@ def test_cli_build_with_ray_and_milvus_equals_local(local_ray, tmp_path, capsys)
         outs.append(json.loads(capsys.readouterr().out))
     hits = [[(h["id"], round(h["score"], 5)) for h in o["results"][0]["hits"]] for o in outs]
     assert hits[0] == hits[1] and len(hits[0]) == 5
+
+
+def test_a_copied_or_moved_milvus_lite_index_uses_its_own_file(tmp_path):
+    import shutil
+
+    from lexlens.errors import IndexMismatchError, UsageError
+
+    items = _items(write_images(tmp_path / "imgs", 12))
+    Index.build(items, FakeEncoder(), tmp_path / "a", spec="flat", progress=False, workers=0,
+                backend="milvus")  # fmt: skip
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    copy = Index.open(tmp_path / "b", model=FakeEncoder())
+    assert copy.remove([2, 6]) == 2
+    q = _queries(n=1)
+    got = {n: Index.open(tmp_path / n, model=FakeEncoder()).search(q, k=20) for n in "ab"}
+    assert sorted(int(i) for i in got["a"].ids[0] if i >= 0) == list(range(12))  # untouched
+    assert sorted(int(i) for i in got["b"].ids[0] if i >= 0) == [
+        i for i in range(12) if i not in (2, 6)
+    ]
+    # an index whose Lite file is gone is one clear error, and creates nothing (a fresh copy:
+    # this process's Milvus Lite keeps the files it opened)
+    shutil.copytree(tmp_path / "a", tmp_path / "d", ignore=shutil.ignore_patterns("milvus.db"))
+    with pytest.raises(IndexMismatchError, match="is gone"):
+        Index.open(tmp_path / "d", model=FakeEncoder())
+    assert not (tmp_path / "d" / "milvus.db").exists()
+    with pytest.raises(UsageError, match="no IVF_PQ"):
+        Index.build(items, FakeEncoder(), tmp_path / "pq", spec="ivf4,pq4", progress=False,
+                    workers=0, backend="milvus")  # fmt: skip

@@ -332,3 +332,12 @@ def test_index_with_a_hybrid_spec_on_milvus_equals_the_local_index(tmp_path):
         idx.add(items[30:], progress=False, workers=0)
         idx.remove([str(paths[2]), str(paths[31])])
     check(38)
+
+
+def test_default_fusion_options_are_the_local_kinds() -> None:
+    """Without options, milvus(sparse,DENSE) answers like hybrid(sparse,DENSE): same defaults."""
+    from lexlens.index.hybrid import DEFAULT_CANDIDATES
+    from lexlens.scale.milvus import MilvusKind
+
+    opts = MilvusKind._fusion_options(IndexSpec("milvus", children=CHILDREN))
+    assert opts["candidates"] == DEFAULT_CANDIDATES and opts["fusion"] == "rerank"

@@ -80,6 +80,7 @@ import numpy as np
 from lexlens.errors import IndexMismatchError, LexlensError, UsageError
 from lexlens.index import fusion as fu
 from lexlens.index.base import IndexKind, KindContext, SearchParams, Vectors, register_kind
+from lexlens.index.hybrid import DEFAULT_CANDIDATES
 from lexlens.models.base import SparseBatch
 from lexlens.results import empty_results, sort_results
 
@@ -113,7 +114,7 @@ _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FUSIONS = ("rerank", "rrf", "minmax")
 _FUSION_OPTIONS: dict[str, Any] = {
     "fusion": "rerank",
-    "candidates": 100,
+    "candidates": DEFAULT_CANDIDATES,  # the local hybrid kind's, so both answer alike
     "alpha": 0.5,
     "rrf_k": 60,
     "native": False,
@@ -383,6 +384,16 @@ class MilvusKind(IndexKind):
             if ctx.dim <= 0:
                 raise UsageError(f"milvus({child}) needs dense vectors")
             self._index_type, self._build_params, self._search_defaults = _index_type(child)
+            if target.lite and self._index_type == "IVF_PQ":
+                raise UsageError(
+                    f"Milvus Lite has no IVF_PQ index ({child}); use flat, hnswM, ivfN,flat or "
+                    "ivfN,sq8 with Milvus Lite, or a Milvus server"
+                )
+        if target.lite and not create and not Path(target.uri).exists():
+            raise IndexMismatchError(
+                f"the Milvus Lite file {target.uri} of this index is gone (an index with its "
+                "Milvus Lite file elsewhere cannot be moved or copied without it)"
+            )
         self._client = _connect(target)
         if self._client.has_collection(collection):
             self._check_existing()
@@ -803,9 +814,21 @@ class MilvusKind(IndexKind):
         }
 
     def save(self, directory: Path) -> list[str]:
-        """Flush the collection and write the pointer file ``milvus.json`` into ``directory``."""
+        """Flush the collection and write the pointer file ``milvus.json`` into ``directory``.
+
+        A Milvus Lite file inside the index (``INDEX/milvus.db``, next to ``generations/``) is
+        recorded relative to ``directory``, so a moved or copied index uses its own file."""
         self._call("flush", self.collection)
-        Path(directory, POINTER_FILE).write_text(json.dumps(self.pointer(), indent=2))
+        ptr = self.pointer()
+        here = Path(directory).resolve()
+        db = Path(self.target.uri)
+        inside = any(
+            (a / "generations").is_dir() and db.is_relative_to(a) for a in here.parents
+        )  # under the index root (the folder holding generations/)
+        if self.target.lite and inside:
+            ptr["backend"] = MILVUS_SCHEME + os.path.relpath(self.target.uri, here)
+            ptr["relative"] = True
+        Path(directory, POINTER_FILE).write_text(json.dumps(ptr, indent=2))
         return [POINTER_FILE]
 
     @classmethod
@@ -827,7 +850,11 @@ class MilvusKind(IndexKind):
                 f"{f} says dim={ptr['dim']}, vocab={ptr['vocab_size']}; the index says "
                 f"dim={ctx.dim}, vocab={ctx.vocab_size}"
             )
-        return cls(parse_backend(ptr["backend"]), ptr["collection"], spec, ctx, create=False)
+        backend = ptr["backend"]
+        if ptr.get("relative"):  # a Lite file inside the index: where this copy of it is
+            rel = backend[len(MILVUS_SCHEME) :]
+            backend = MILVUS_SCHEME + str((Path(directory).resolve() / rel).resolve())
+        return cls(parse_backend(backend), ptr["collection"], spec, ctx, create=False)
 
     @property
     def ntotal(self) -> int:
@@ -936,4 +963,10 @@ def _connect(target: MilvusTarget) -> Any:
         token = os.environ.get(TOKEN_ENV, "")
         return MilvusClient(uri=target.uri, token=token)
     except Exception as e:  # noqa: BLE001 - the client raises many kinds; one clear line here
-        raise LexlensError(f"cannot open Milvus at {target}: {type(e).__name__}: {e}") from e
+        if type(e).__name__ == "DataDirLockedError" or "locked" in str(e).lower():
+            raise LexlensError(
+                f"cannot open Milvus Lite at {target}: another process has it open (Milvus Lite "
+                "serves one process at a time; use a Milvus server for several)"
+            ) from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise LexlensError(f"cannot open Milvus at {target}: {type(e).__name__}: {first}") from None

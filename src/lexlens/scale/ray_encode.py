@@ -381,7 +381,10 @@ class _RayHandle:
 
 
 def _connect(options: RayOptions) -> _RayHandle:
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise LexlensError("--ray needs Ray: pip install 'lexlens[scale]'") from None
 
     if ray.is_initialized():
         return _RayHandle(False, "existing")
