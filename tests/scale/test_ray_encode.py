@@ -3,6 +3,8 @@ a killed or failing worker's shard is redone and nothing is lost or duplicated."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,16 @@ def test_two_workers_match_local_path_and_rerun_skips(local_ray, collection, loc
     _, stats3 = encode_with_ray(make_fake_encoder, collection, tmp_path, **run)
     assert (stats3.shards_run, stats3.shards_skipped) == (1, 5)
     _check_same_as_local(merge_shards(tmp_path), collection, local)
+
+    # a file changed since its shard was written: that shard is redone, the others kept
+    path = collection[16]  # shard 2 (ids 14..20)
+    st = os.stat(path)
+    try:
+        os.utime(path, (st.st_atime, st.st_mtime + 5))
+        _, stats4 = encode_with_ray(make_fake_encoder, collection, tmp_path, **run)
+        assert (stats4.shards_run, stats4.shards_skipped) == (1, 5)
+    finally:
+        os.utime(path, (st.st_atime, st.st_mtime))
 
     # another job in the same directory is refused, nothing is overwritten
     with pytest.raises(UsageError, match="another job"):

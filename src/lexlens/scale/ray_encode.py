@@ -214,12 +214,23 @@ def _encoder_name(encoder: EncoderSource) -> str:
 
 
 def _shard_is_done(path: Path, shard: _Shard) -> bool:
-    """A finished shard file whose header matches the plan."""
+    """A finished shard file whose header matches the plan and whose image files are still
+    as they were when it was encoded (size and mtime), so a resumed run never keeps the
+    vectors of a file that changed in between."""
     if not path.is_file():
         return False
     try:
         with np.load(path, allow_pickle=False) as z:
-            return int(z["shard"]) == shard.index and np.array_equal(z["planned_ids"], shard.ids)
+            if int(z["shard"]) != shard.index or not np.array_equal(z["planned_ids"], shard.ids):
+                return False
+            if "mtime" not in z:  # a shard of texts
+                return True
+            where = {int(i): k for k, i in enumerate(shard.ids)}
+            for i, size, mtime in zip(z["ids"], z["size"], z["mtime"], strict=True):
+                st = os.stat(shard.inputs[where[int(i)]])
+                if (int(st.st_size), float(st.st_mtime)) != (int(size), float(mtime)):
+                    return False
+            return True
     except (OSError, ValueError, KeyError):
         return False
 
