@@ -661,7 +661,11 @@ def _run_index_dups(a: IndexDupsArgs) -> int:
         out = []
         for g in gs:
             out.append(f"{g.kind} ({len(g.ids)} items, similarity >= {g.min_similarity:.4f}):")
-            out += [f"  #{i}  {p}" for i, p in zip(g.ids, g.paths, strict=True)]
+            texts = g.texts or [None] * len(g.ids)
+            out += [
+                f'  #{i}  "{t}"  ({p})' if t is not None else f"  #{i}  {p}"
+                for i, p, t in zip(g.ids, g.paths, texts, strict=True)
+            ]
         return "\n".join(out)
 
     _emit([asdict(g) for g in groups] if a.json else groups, a.json, text)

@@ -62,3 +62,17 @@ def test_unknown_fields_of_a_filter_are_named(tmp_path) -> None:
         "scene.nope",
     ]
     assert idx.unknown_fields(None) == [] and idx.unknown_fields("scene.count=1") == []
+
+
+def test_dups_of_a_caption_index_name_the_captions(tmp_path) -> None:
+    from lexlens.index.ingest import SourceItem
+
+    img = _folder(tmp_path / "d", [{}, {}])
+    captions = [(0, "a red circle"), (0, "a red circle!"), (0, "two stars"), (1, "a red circle")]
+    items = [SourceItem(str(img / f"images/{i}.png"), text) for i, text in captions]
+    idx = Index.build(items, FakeEncoder(), tmp_path / "caps", items="texts", progress=False)
+    exact = [g for g in idx.dups(0.999, progress=False) if g.kind == "exact"]
+    assert [g.texts for g in exact] == [["a red circle", "a red circle"]]
+    assert sorted(map(str, exact[0].paths)) == sorted(
+        [str(img / "images/0.png"), str(img / "images/1.png")]
+    )

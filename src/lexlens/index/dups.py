@@ -36,6 +36,7 @@ class DupGroup:
     ids: list[int]
     paths: list[str | None] = field(default_factory=list)
     min_similarity: float = 1.0
+    texts: list[str | None] = field(default_factory=list)  # a caption index's captions
 
 
 class _UnionFind:
@@ -72,9 +73,12 @@ def find_dups(index: Index, threshold: float, progress: bool = True) -> list[Dup
     copies = {i for g in exact for i in g[1:]}
     reps = np.asarray(sorted(set(rows) - copies), np.int64)
     near = _near_groups(index, reps, threshold, progress)
-    out = [DupGroup("exact", g, [rows[i].path for i in g], 1.0) for g in exact]
+    def group(kind: str, g: list[int], sim: float) -> DupGroup:
+        return DupGroup(kind, g, [rows[i].path for i in g], sim, [rows[i].text for i in g])
+
+    out = [group("exact", g, 1.0) for g in exact]
     out.sort(key=lambda g: (-len(g.ids), g.ids[0]))
-    near_groups = [DupGroup("near", g, [rows[i].path for i in g], s) for g, s in near]
+    near_groups = [group("near", g, s) for g, s in near]
     near_groups.sort(key=lambda g: (-len(g.ids), g.ids[0]))
     return out + near_groups
 
