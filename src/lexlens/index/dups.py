@@ -73,6 +73,7 @@ def find_dups(index: Index, threshold: float, progress: bool = True) -> list[Dup
     copies = {i for g in exact for i in g[1:]}
     reps = np.asarray(sorted(set(rows) - copies), np.int64)
     near = _near_groups(index, reps, threshold, progress)
+
     def group(kind: str, g: list[int], sim: float) -> DupGroup:
         return DupGroup(kind, g, [rows[i].path for i in g], sim, [rows[i].text for i in g])
 
