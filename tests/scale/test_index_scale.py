@@ -181,3 +181,27 @@ def test_a_copied_or_moved_milvus_lite_index_uses_its_own_file(tmp_path):
     with pytest.raises(UsageError, match="no IVF_PQ"):
         Index.build(items, FakeEncoder(), tmp_path / "pq", spec="ivf4,pq4", progress=False,
                     workers=0, backend="milvus")  # fmt: skip
+
+
+def test_rows_of_an_unfinished_add_are_never_answered(tmp_path):
+    """An add interrupted after writing rows to Milvus but before its generation was committed
+    leaves rows past the generation's ids: search, counts and filters ignore them."""
+    from lexlens.index.base import Vectors
+    from lexlens.scale.milvus import MilvusKind
+
+    items = _items(write_images(tmp_path / "imgs", 10))
+    common = dict(spec="flat", progress=False, workers=0)
+    local = Index.build(items, FakeEncoder(), tmp_path / "local", **common)
+    idx = Index.build(items, FakeEncoder(), tmp_path / "mv", backend="milvus", **common)
+    kind = idx._state.kind
+    writer = MilvusKind(kind.target, kind.collection, kind.spec, kind.ctx, create=False)
+    stray = np.arange(100, 105)
+    v = np.tile(local.vectors([0]).dense, (5, 1))  # copies of item 0: they would rank first
+    writer.add(stray, Vectors(dense=v))
+    again = Index.open(tmp_path / "mv", model=FakeEncoder())
+    q = _queries()
+    for where in FILTERS:
+        want = local.search(q, k=12, where=where)
+        got = again.search(q, k=12, where=where)
+        np.testing.assert_array_equal(got.ids, want.ids, err_msg=str(where))
+    assert again._state.kind.ntotal == len(local) == 10

@@ -394,6 +394,9 @@ class MilvusKind(IndexKind):
                 f"the Milvus Lite file {target.uri} of this index is gone (an index with its "
                 "Milvus Lite file elsewhere cannot be moved or copied without it)"
             )
+        # the largest id this generation holds: rows past it (an add interrupted before its
+        # generation was committed) are never answered; None: unknown (an older pointer file)
+        self._max_id: int | None = -1 if create else None
         self._client = _connect(target)
         if self._client.has_collection(collection):
             self._check_existing()
@@ -508,6 +511,8 @@ class MilvusKind(IndexKind):
             raise UsageError("ids must be unique")
         if records is not None and len(records) != n:
             raise UsageError(f"got {len(records)} records for {n} ids")
+        if self._max_id is not None and n:
+            self._max_id = max(self._max_id, int(ids.max()))
         dense = sparse = None
         if self.has_dense:
             if vectors.dense is None:
@@ -591,7 +596,7 @@ class MilvusKind(IndexKind):
         n = len(queries)
         if k <= 0 or n == 0:
             return empty_results(n, max(k, 0))
-        expr = where_to_filter(where)
+        expr = self._bounded(where_to_filter(where))
         use_dense = self.has_dense and (queries.dense is not None or not self.has_sparse)
         use_sparse = self.has_sparse and (queries.sparse is not None or not self.has_dense)
         if use_dense and self.has_sparse and queries.sparse is None:  # raw embeddings
@@ -811,6 +816,7 @@ class MilvusKind(IndexKind):
             "vocab_size": int(self.ctx.vocab_size),
             "index_type": getattr(self, "_index_type", None) or "SPARSE_INVERTED_INDEX",
             "fields": self._vector_fields,
+            "max_id": self._max_id,
         }
 
     def save(self, directory: Path) -> list[str]:
@@ -854,13 +860,24 @@ class MilvusKind(IndexKind):
         if ptr.get("relative"):  # a Lite file inside the index: where this copy of it is
             rel = backend[len(MILVUS_SCHEME) :]
             backend = MILVUS_SCHEME + str((Path(directory).resolve() / rel).resolve())
-        return cls(parse_backend(backend), ptr["collection"], spec, ctx, create=False)
+        kind = cls(parse_backend(backend), ptr["collection"], spec, ctx, create=False)
+        kind._max_id = None if ptr.get("max_id") is None else int(ptr["max_id"])
+        return kind
 
     @property
     def ntotal(self) -> int:
         """Number of live items in the collection."""
-        res = self._call("query", self.collection, filter="", output_fields=["count(*)"])
+        res = self._call(
+            "query", self.collection, filter=self._bounded(""), output_fields=["count(*)"]
+        )
         return int(res[0]["count(*)"]) if res else 0
+
+    def _bounded(self, expr: str) -> str:
+        """``expr`` limited to the ids this generation holds (see ``_max_id``)."""
+        if self._max_id is None or expr == "false":
+            return expr
+        bound = f"id <= {self._max_id}"
+        return f"{bound} and ({expr})" if expr else bound
 
     def memory_bytes(self) -> int:
         """Raw dense vector bytes held by Milvus (the server's RAM, not this process's)."""
@@ -872,7 +889,7 @@ class MilvusKind(IndexKind):
 
         Up to 16,384 ids (Milvus's cap for one query); more raise :class:`UsageError`.
         """
-        expr = where_to_filter(where)
+        expr = self._bounded(where_to_filter(where))
         if expr == "false":
             return np.zeros(0, np.int64)
         res = self._call(
