@@ -52,3 +52,12 @@ def test_merge_results_ties_by_id():
 def test_topk_custom_ids_and_k_larger_than_m():
     s, i = topk(np.array([[0.1, 0.3]]), 3, ids=np.array([10, 20]))
     assert i.tolist() == [[20, 10, -1]]
+
+
+def test_a_nan_score_is_a_missing_hit() -> None:
+    sim = np.array([[0.5, np.nan, 0.9, np.nan]], np.float32)
+    s, i = topk(sim, 4)
+    np.testing.assert_array_equal(i, [[2, 0, -1, -1]])
+    np.testing.assert_array_equal(s, [[np.float32(0.9), np.float32(0.5), -np.inf, -np.inf]])
+    s, i = topk(sim, 1)
+    np.testing.assert_array_equal(i, [[2]])

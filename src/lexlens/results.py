@@ -26,7 +26,8 @@ def empty_results(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 def sort_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Sort candidate lists by ``(-score, id)``, keep the best ``k``, pad with -1.
 
-    ``scores`` and ``ids`` are ``[n, m]``; entries with ``id < 0`` are treated as missing.
+    ``scores`` and ``ids`` are ``[n, m]``; entries with ``id < 0`` or a NaN score are treated
+    as missing.
     """
     scores = np.asarray(scores, dtype=np.float32)
     ids = np.asarray(ids, dtype=np.int64)
@@ -38,8 +39,8 @@ def sort_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarra
     out_s, out_i = empty_results(n, k)
     if m == 0 or k == 0:
         return out_s, out_i
+    ids = np.where(np.isnan(scores), MISSING, ids)  # a NaN score is no hit
     s = np.where(ids < 0, -np.inf, scores)
-    s = np.where(np.isnan(s), -np.inf, s)
     big = np.iinfo(np.int64).max
     i_key = np.where(ids < 0, big, ids)
     # lexsort: last key is primary -> primary -score, secondary id
@@ -71,10 +72,11 @@ def topk(sim: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.nda
     kk = min(k, m)
     if kk < m:
         # Candidates: everything scoring >= the kk-th best score (keeps all ties at the cut).
-        part = np.partition(sim, m - kk, axis=1)[:, m - kk]
+        clean = np.where(np.isnan(sim), -np.inf, sim)  # NaN would sort as the largest
+        part = np.partition(clean, m - kk, axis=1)[:, m - kk]
         out_s, out_i = empty_results(n, k)
         for r in range(n):
-            cand = np.flatnonzero(sim[r] >= part[r])
+            cand = np.flatnonzero(clean[r] >= part[r])
             cs, ci = sort_results(sim[r, cand][None, :], col_ids[cand][None, :], k)
             out_s[r], out_i[r] = cs[0], ci[0]
         return out_s, out_i
