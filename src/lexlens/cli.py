@@ -622,7 +622,8 @@ def _run_index_remove(a: IndexRemoveArgs) -> int:
     idx = Index.open(a.index)
     held = idx.ids_of(a.paths)
     absent = [p for p in a.paths if os.path.abspath(p) not in held]
-    absent += [str(i) for i in a.ids if i not in idx.rows(a.ids)]
+    held_ids = idx.rows(a.ids)
+    absent += [str(i) for i in a.ids if i not in held_ids]
     n = idx.remove([*a.paths, *a.ids], missing=a.missing)
     _emit(
         {"removed": n, "count": len(idx), "not_found": absent},

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +123,15 @@ class TrainConfig:
                 raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive number, got {self.lr!r}")
-        for f in ("weight_decay", "flops_image", "flops_text", "min_lr_ratio", "mask_ratio"):
-            v = getattr(self, f)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise UsageError(f"{f} must be a number >= 0, got {v!r}")
-        for f in (x for x in asdict(self) if x.startswith("w_")):
+        weights = [f.name for f in fields(self) if f.name.startswith("w_")]
+        for f in (
+            "weight_decay",
+            "flops_image",
+            "flops_text",
+            "min_lr_ratio",
+            "mask_ratio",
+            *weights,
+        ):
             v = getattr(self, f)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise UsageError(f"{f} must be a number >= 0, got {v!r}")
