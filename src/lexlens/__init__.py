@@ -31,3 +31,8 @@ def __getattr__(name: str) -> Any:
     if mod is None:
         raise AttributeError(f"module 'lexlens' has no attribute {name!r}")
     return getattr(importlib.import_module(mod), name)
+
+
+def __dir__() -> list[str]:
+    """Module attributes plus the lazily imported names (for ``dir()`` and completion)."""
+    return sorted(set(globals()) | set(_LAZY))
