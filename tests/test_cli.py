@@ -25,6 +25,8 @@ def test_no_command_prints_help(capsys):
         ["search"],
         ["train", "--objective", "foo", "--out", "x"],
         ["eval", "--model", "m", "--data", "d", "--batch-size", "0"],
+        ["index", "build", "d", "--model", "m", "--out", "o", "--ray", "--shard-size", "0"],
+        ["index", "add", "i", "d", "--ray", "--ray-workers", "-1"],
     ],
 )
 def test_argument_errors_are_one_line_pointing_at_help(argv, capsys) -> None:
@@ -33,3 +35,12 @@ def test_argument_errors_are_one_line_pointing_at_help(argv, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ": error: " in err[0] and "--help'" in err[0]
+
+
+def test_ray_knobs_without_ray_are_refused_before_anything_is_written(tmp_path, capsys) -> None:
+    out = tmp_path / "idx"
+    argv = ["index", "build", str(tmp_path), "--model", "m", "--out", str(out)]
+    assert main([*argv, "--shard-size", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ray" in err[0]
+    assert not out.exists()

@@ -379,8 +379,8 @@ class IndexBuildArgs:
     batch_size: int = 256
     json: bool = False
     ray: str | None = None  # encode on Ray: "local", "auto" or "ray://host:10001"
-    ray_workers: int = 2
-    shard_size: int = 1024
+    ray_workers: int | None = None  # default 2 (with --ray only)
+    shard_size: int | None = None  # default 1024 (with --ray only)
     backend: str | None = None  # "milvus://PATH_OR_URI"
 
 
@@ -392,8 +392,8 @@ class IndexAddArgs:
     batch_size: int = 256
     json: bool = False
     ray: str | None = None
-    ray_workers: int = 2
-    shard_size: int = 1024
+    ray_workers: int | None = None  # default 2 (with --ray only)
+    shard_size: int | None = None  # default 1024 (with --ray only)
 
 
 @dataclass
@@ -527,21 +527,35 @@ def _add_scale_options(p: argparse.ArgumentParser) -> None:
         help="encode on Ray: no value = a local Ray, `auto` = the running cluster, "
         "ray://host:10001 = a remote one (shards are resumable)",
     )
-    p.add_argument("--ray-workers", type=int, default=2, help="Ray encoder actors (one CPU each)")
-    p.add_argument("--shard-size", type=int, default=1024, help="items per Ray shard")
+    p.add_argument(
+        "--ray-workers", type=_positive_int, help="Ray encoder actors, one CPU each (default 2)"
+    )
+    p.add_argument("--shard-size", type=_positive_int, help="items per Ray shard (default 1024)")
 
 
 def _ray_hook(
-    ray: str | None, workers: int, shard_size: int, model: Any, items: str, index: str, quiet: bool
+    ray: str | None,
+    workers: int | None,
+    shard_size: int | None,
+    model: Any,
+    items: str,
+    index: str,
+    quiet: bool,
 ) -> Any:
     """The ``encode_with`` hook for ``--ray`` (None without it); shards live in INDEX/pending/ray."""
     if ray is None:
+        if workers is not None or shard_size is not None:
+            from lexlens.errors import UsageError
+
+            raise UsageError("--ray-workers and --shard-size apply only with --ray")
         return None
     from lexlens.index.store import IndexDir
     from lexlens.scale.ray_encode import RayEncodeHook, RayOptions
 
+    knobs = {"num_workers": workers, "shard_size": shard_size}
     options = RayOptions(
-        address=None if ray == "local" else ray, num_workers=workers, shard_size=shard_size
+        address=None if ray == "local" else ray,
+        **{name: v for name, v in knobs.items() if v is not None},
     )
     return RayEncodeHook(model, items, IndexDir(index).pending / "ray", options, progress=not quiet)
 
