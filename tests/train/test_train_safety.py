@@ -141,3 +141,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(pairs, tmp_path
     s = train(again, pairs, cfg, tmp_path / "cut", resume=True, progress=False)
     assert s["steps"] == 6
     assert_same_weights(full, again)
+
+
+def test_lexical_heads_on_a_fresh_config_is_refused_before_reading_data(tmp_path, capsys):
+    argv = ["train", "--data", str(tmp_path / "no-such-data"), "--config", "tiny"]
+    assert main([*argv, "--objective", "lexical-heads", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lexical-heads" in err[0] and "--model" in err[0]
+    assert not (tmp_path / "m").exists()

@@ -68,6 +68,11 @@ def run_training(
     from lexlens.train.data import pairs_from_dataset
 
     encoder, fresh = _starting_model(req)
+    if fresh is not None and req.overrides.get("objective") == "lexical-heads":
+        raise UsageError(
+            "--objective lexical-heads fits lexicon heads on a trained, frozen encoder: give it "
+            "with --model (a fresh --config has nothing worth freezing)"
+        )
     if req.text_expansion is not None and not (
         isinstance(encoder, NativeEncoder) and encoder.has_lexical
     ):
