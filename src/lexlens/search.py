@@ -373,6 +373,14 @@ def _top(
     from lexlens.index.dense import exact_search
     from lexlens.index.spec import spec_needs
 
+    if where is not None and len(vecs) > 1:
+        # one query at a time: how many candidates a filter needs differs by query, and a kind
+        # asked for more (hybrid candidates, HNSW's ef) may answer differently
+        rows = [
+            _top(state, vecs.rows(r, r + 1), k, params, where, min_score, pushdown)
+            for r in range(len(vecs))
+        ]
+        return np.concatenate([s for s, _ in rows]), np.concatenate([i for _, i in rows])
     total = state.kind.ntotal
     allowed = None
     if where is not None:

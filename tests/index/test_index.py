@@ -420,3 +420,25 @@ def test_filters_on_an_approximate_kind_still_fill_k(tmp_path, route, monkeypatc
     res = idx.search(Query(text="blue"), k=10, where="color=red AND n=0")
     got = [int(i) for i in res.ids[0] if i >= 0]
     assert len(got) == min(10, len(reds)) and set(got) <= reds
+
+
+@pytest.mark.parametrize("spec", ["hybrid(sparse,flat;candidates=4)", "hnsw8", "flat"])
+def test_a_filtered_batch_answers_each_query_as_alone(tmp_path, spec, monkeypatch):
+    """How many candidates a filter needs differs by query; a query's answer must not depend
+    on the others in its batch (a hybrid or HNSW asked for more candidates answers differently)."""
+    import lexlens.search
+
+    monkeypatch.setattr(lexlens.search, "PREFILTER_MIN", 0)  # exercise the over-fetch loop
+    monkeypatch.setattr(lexlens.search, "PREFILTER_SHARE", 10**9)
+    src = tmp_path / "src"
+    records = write_collection(src, 90)
+    idx = Index.build(
+        _items(src, records), FakeEncoder(), tmp_path / "idx", spec=spec, progress=False, workers=0
+    )
+    queries = [Query(text=t) for t in ("red", "blue", "green circle", "a", "yellow red")]
+    for where in ("color=red", "color=red AND n=0", "n>=1", "color!=blue"):
+        batch = idx.search(queries, k=3, where=where)
+        for r, q in enumerate(queries):
+            alone = idx.search(q, k=3, where=where)
+            assert batch.ids[r].tolist() == alone.ids[0].tolist(), (where, r)
+            np.testing.assert_array_equal(batch.scores[r], alone.scores[0])

@@ -53,6 +53,13 @@ class Vectors:
             return len(self.sparse)
         return 0
 
+    def rows(self, start: int, stop: int) -> Vectors:
+        """Queries ``start:stop`` as a batch of their own."""
+        return Vectors(
+            dense=None if self.dense is None else self.dense[start:stop],
+            sparse=None if self.sparse is None else self.sparse.rows(start, stop),
+        )
+
 
 @dataclass(frozen=True)
 class SearchParams:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Union
 
@@ -84,6 +84,16 @@ class SparseBatch:
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = int(self.indptr[i]), int(self.indptr[i + 1])
         return self.indices[a:b], self.values[a:b]
+
+    def rows(self, start: int, stop: int) -> SparseBatch:
+        """Rows ``start:stop`` as a batch of their own (``0 <= start <= stop <= len``)."""
+        a, b = int(self.indptr[start]), int(self.indptr[stop])
+        return replace(
+            self,
+            indptr=self.indptr[start : stop + 1] - a,
+            indices=self.indices[a:b],
+            values=self.values[a:b],
+        )
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros((len(self), self.vocab_size), dtype=np.float32)
