@@ -204,3 +204,25 @@ def test_backend_strings():
     for bad in ("faiss://x", "milvus://x.txt", "milvus://"):
         with pytest.raises(UsageError):
             parse_backend(bad)
+
+
+def test_a_milvus_build_with_decoding_workers_prints_no_grpc_fork_line(tmp_path):
+    """Image decoders are forked while the Milvus client is open; gRPC printed a "skipping
+    fork() handlers" line at every such build."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+
+    def lexlens(*argv: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "lexlens", *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    assert lexlens("data", "scenes", str(tmp_path / "ds"), "--n", "80").returncode == 0
+    run = lexlens(
+        "index", "build", str(tmp_path / "ds"), "--model", "native:scenes-mini", "--spec", "flat",
+        "--out", str(tmp_path / "idx"), "--backend", "milvus", "--workers", "2",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "fork" not in run.stderr, run.stderr

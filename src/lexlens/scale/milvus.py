@@ -968,6 +968,9 @@ def _quiet_lite_probe() -> None:
 
 
 def _connect(target: MilvusTarget) -> Any:
+    # lexlens forks only image decoders, which never call gRPC: without this, gRPC prints a
+    # "skipping fork() handlers" line at every build (read once, when gRPC is first imported)
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         from pymilvus import MilvusClient
     except ImportError as e:  # pragma: no cover - depends on the installed extras
