@@ -306,6 +306,36 @@ def test_rendering_varies_for_one_scene():
     assert len(pics) == 8
 
 
+@pytest.mark.parametrize("kind", S.TEXTURES)
+@pytest.mark.parametrize("aspect", [1.0, 2.0, 0.6])
+def test_texture_and_aspect_keep_the_objects_and_the_random_stream(kind, aspect):
+    """A textured or non-square drawing: the objects where the record says (relative to the
+    width and height), in their colour; the background patterned; the caller's random stream
+    left exactly where a plain drawing leaves it."""
+    checked = 0
+    for k in range(12):
+        scene = S.sample_scene(random.Random(100 + k))
+        spec = {**S.draw_texture(random.Random(k)), "kind": kind, "amp": 24.0}
+        r_plain, r_tex = random.Random(k), random.Random(k)
+        plain = np.asarray(S.render_scene(scene, 64, r_plain), np.float32)
+        pic = np.asarray(S.render_scene(scene, 64, r_tex, spec, aspect), np.float32)
+        assert r_plain.getstate() == r_tex.getstate()
+        h, w = pic.shape[:2]
+        assert min(h, w) == 64 and abs(w / h - aspect) < 0.02
+        for o in scene["objects"]:
+            if o["r"] * 64 < 6:
+                continue
+            cx, cy = round(o["x"] * w - 0.5), round(o["y"] * h - 0.5)
+            patch = pic[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3).mean(0)
+            want = np.asarray(S.COLOURS[o["colour"]], np.float32)
+            bg = np.asarray(scene["bg_rgb"], np.float32)
+            assert np.linalg.norm(patch - want) < np.linalg.norm(patch - bg), (o, patch)
+            checked += 1
+        if aspect == 1.0:  # the same picture but for the background
+            assert not np.array_equal(pic, plain)
+    assert checked > 5
+
+
 SCENE = {
     "kind": "pair",
     "relation": "left of",

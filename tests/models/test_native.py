@@ -52,6 +52,39 @@ def test_unknown_config_keys_are_an_error() -> None:
         config_from_dict(d)
 
 
+@pytest.mark.parametrize("mode", ["shortest", "squash"])
+def test_image_resize_mode_is_the_configs_and_survives_save(tmp_path, mode) -> None:
+    """A 2:1 picture: ``shortest`` keeps its centre square, ``squash`` all of it (the left
+    and right quarters, painted in their own colours, stay visible)."""
+    from PIL import Image
+
+    from lexlens.data.images import preprocess_image
+
+    d = config_to_dict(load_config("tiny"))
+    d["image"]["resize"] = mode
+    enc = build_native(config_from_dict(d), texts=TEXTS)
+    enc.save(tmp_path / "m")
+    back = load_encoder(f"native:{tmp_path / 'm'}")
+    assert back.preprocess_config.resize_mode == enc.preprocess_config.resize_mode == mode
+    s = enc.preprocess_config.image_size
+    arr = np.full((s, 2 * s, 3), 128, np.uint8)
+    arr[:, : s // 4] = (255, 0, 0)
+    arr[:, -s // 4 :] = (0, 0, 255)
+    cfg = back.preprocess_config
+    x = preprocess_image(Image.fromarray(arr), cfg)
+    rgb = x * np.asarray(cfg.std)[:, None, None] + np.asarray(cfg.mean)[:, None, None]
+    red_left = rgb[0, :, 0].mean() > 0.9 and rgb[2, :, 0].mean() < 0.1
+    blue_right = rgb[2, :, -1].mean() > 0.9 and rgb[0, :, -1].mean() < 0.1
+    assert red_left == blue_right == (mode == "squash")
+
+
+def test_unknown_resize_mode_is_an_error() -> None:
+    d = config_to_dict(load_config("tiny"))
+    d["image"]["resize"] = "stretch"
+    with pytest.raises(ModelNotAvailableError, match="resize"):
+        config_from_dict(d)
+
+
 def test_save_load_round_trip_identical(tmp_path) -> None:
     enc = build_native("tiny", texts=TEXTS)
     px = _pixels(enc)

@@ -128,12 +128,15 @@ def test_recipe_stage_draws_spread_sizes(tmp_path) -> None:
 
     tiny = TrainConfig(objective="lexlip", epochs=1, batch_size=16, warmup_steps=1,
                        hard_negatives=1, log_every=0)  # fmt: skip
-    stages = (Stage(16, 1, tiny), Stage(16, 2, tiny, size_spread=0.2, paraphrase=0.5))
+    stages = (
+        Stage(16, 1, tiny),
+        Stage(16, 2, tiny, size_spread=0.2, paraphrase=0.5, texture=0.5, aspect=0.3),
+    )
     recipe = Recipe("t", "tiny", stages, n_val=8, val_seed=2)
     summary = run_recipe(recipe, tmp_path / "m", progress=False)
     assert [s["source"] for s in summary["stages"]] == [
         "scenes(seed=1, split=train)",
-        "scenes(seed=2, split=train, size_spread=0.2, paraphrase=0.5)",
+        "scenes(seed=2, split=train, size_spread=0.2, paraphrase=0.5, texture=0.5, aspect=0.3)",
     ]
 
 
@@ -378,6 +381,23 @@ def test_paraphrase_rewords_only_relation_captions_and_their_negatives():
         pairs_from_scenes(4, paraphrase=1.5, **kw)
     with pytest.raises(UsageError, match="size_spread"):
         pairs_from_scenes(4, size_spread=1.0, **kw)
+
+
+@pytest.mark.parametrize("change", [{"texture": 1.0}, {"aspect": 1.0}])
+def test_texture_and_aspect_change_only_the_pictures(change):
+    kw = {"seed": 4, "image_size": 32, "workers": 1, "progress": False, "twins": True}
+    plain = pairs_from_scenes(40, **kw)
+    other = pairs_from_scenes(40, **kw, **change)
+    assert other.captions == plain.captions and other.negatives == plain.negatives
+    assert other.scenes == plain.scenes and other.twin_scenes == plain.twin_scenes
+    assert other.images.shape == plain.images.shape  # squared again when drawn wider
+    changed = [not np.array_equal(a, b) for a, b in zip(other.images, plain.images, strict=True)]
+    assert all(changed)
+    # none of it is drawn without being asked for
+    assert np.array_equal(pairs_from_scenes(40, texture=0.0, aspect=0.0, **kw).images, plain.images)
+    name = next(iter(change))
+    with pytest.raises(UsageError, match=name):
+        pairs_from_scenes(4, **{**kw, name: 1.5})
 
 
 def test_roles_heads_live_in_the_checkpoint_not_in_the_model(tiny_set, tmp_path):

@@ -76,6 +76,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "TEXTURES",
+    "draw_texture",
     "COLOURS",
     "SHAPES",
     "SIZES",
@@ -299,43 +301,110 @@ def _jitter(rgb: Sequence[int], rng: random.Random, amount: int) -> tuple[int, i
     return r, g, b
 
 
-def _paint_background(side: int, rgb: tuple[int, int, int], rng: random.Random) -> Any:
+def _paint_background(
+    width: int, height: int, rgb: tuple[int, int, int], rng: random.Random
+) -> Any:
     """Solid colour, or a mild gradient (vertical, horizontal or diagonal)."""
     from PIL import Image
 
     if rng.random() < 0.6:
-        return Image.new("RGB", (side, side), rgb)
-    t = np.linspace(-1.0, 1.0, side, dtype=np.float32)
+        return Image.new("RGB", (width, height), rgb)
+    ty = np.linspace(-1.0, 1.0, height, dtype=np.float32)
+    tx = np.linspace(-1.0, 1.0, width, dtype=np.float32)
     direction = rng.randrange(3)
     ramp = (
-        t[:, None]
+        ty[:, None]
         if direction == 0
-        else t[None, :]
+        else tx[None, :]
         if direction == 1
-        else (t[:, None] + t[None, :]) / 2
+        else (ty[:, None] + tx[None, :]) / 2
     )
     amp = rng.uniform(6.0, 22.0) * rng.choice((-1.0, 1.0))
-    ramp = np.broadcast_to(ramp, (side, side))
+    ramp = np.broadcast_to(ramp, (height, width))
     arr = np.asarray(rgb, np.float32)[None, None, :] + (ramp * amp)[:, :, None]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def render_scene(scene: dict[str, Any], size: int, rng: random.Random) -> Any:
-    """Draw ``scene`` as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels.
+TEXTURES = ("checker", "stripes", "grain", "blobs")
+
+
+def draw_texture(rng: random.Random) -> dict[str, Any]:
+    """A random background texture for :func:`render_scene` (training only): a checkerboard,
+    stripes (horizontal, vertical or diagonal), pixel grain (grey or per channel) or smooth
+    blobs, of amplitude 4-32 grey levels, so that a model learns to look past the background
+    pattern of a renderer other than this one."""
+    kind = rng.choice(TEXTURES)
+    return {
+        "kind": kind,
+        "amp": rng.uniform(4.0, 32.0),
+        "cells": rng.choice((2, 3, 4, 6, 8, 12, 16, 24)),  # pattern periods across the side
+        "angle": rng.choice((0, 1, 2, 3)),  # stripes: horizontal, vertical, two diagonals
+        "colour": rng.random() < 0.3,  # grain: each channel its own
+        "seed": rng.getrandbits(32),
+    }
+
+
+def _texture(width: int, height: int, spec: dict[str, Any]) -> np.ndarray:
+    """``float32 [height, width, 1 or 3]`` in about ``[-amp, amp]``: the pattern of ``spec``
+    (its period in units of the shorter side)."""
+    amp = float(spec["amp"])
+    unit = spec["cells"] / min(width, height)
+    ty = np.arange(height, dtype=np.float32)[:, None] * unit
+    tx = np.arange(width, dtype=np.float32)[None, :] * unit
+    kind = spec["kind"]
+    if kind == "checker":
+        cells = (np.floor(ty) + np.floor(tx)) % 2
+        return ((cells * 2.0 - 1.0) * amp)[:, :, None].astype(np.float32)
+    if kind == "stripes":
+        along = (ty + 0 * tx, 0 * ty + tx, (ty + tx) / 2, (ty - tx) / 2)[spec["angle"]]
+        wave = (np.floor(along * 2) % 2) * 2.0 - 1.0
+        return (wave * amp)[:, :, None].astype(np.float32)
+    gen = np.random.default_rng(spec["seed"])
+    if kind == "grain":
+        channels = 3 if spec["colour"] else 1
+        return (gen.normal(0.0, amp / 2.0, (height, width, channels))).astype(np.float32)
+    # blobs: coarse noise, bilinearly upsampled
+    from PIL import Image
+
+    n = max(2, int(spec["cells"]))
+    coarse = gen.uniform(-1.0, 1.0, (n, n)).astype(np.float32)
+    im = Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return (np.asarray(im, np.float32) * amp)[:, :, None]
+
+
+def render_scene(
+    scene: dict[str, Any],
+    size: int,
+    rng: random.Random,
+    texture: dict[str, Any] | None = None,
+    aspect: float = 1.0,
+) -> Any:
+    """Draw ``scene`` as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels (``aspect`` =
+    width / height other than 1: ``size`` is the shorter side, and the scene's unit square is
+    stretched over the picture while the objects keep their shapes and their size relative
+    to the shorter side).
 
     The drawing is randomised by ``rng`` (not by the record): supersampling factor 1-4
     (1 = aliased edges) and the downsampling filter, background jitter and gradient, radius
     jitter, colour jitter of every object, then optionally a slight blur or pixel noise.
+    ``texture`` (:func:`draw_texture`) adds a pattern to the background, under the objects;
+    it draws nothing from ``rng``, so the rest of the picture stays the same (so does
+    ``aspect``).
     """
     from PIL import Image, ImageDraw, ImageFilter
 
     ss = rng.choice((1, 2, 3, 4))
     side = size * ss
-    img = _paint_background(side, _jitter(scene["bg_rgb"], rng, 10), rng)
+    out_w, out_h = (round(size * aspect), size) if aspect >= 1 else (size, round(size / aspect))
+    width, height = out_w * ss, out_h * ss
+    img = _paint_background(width, height, _jitter(scene["bg_rgb"], rng, 10), rng)
+    if texture is not None:
+        arr = np.asarray(img, np.float32) + _texture(width, height, texture)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
         fill = _jitter(COLOURS[o["colour"]], rng, 16)
-        cx, cy = o["x"] * side, o["y"] * side
+        cx, cy = o["x"] * width, o["y"] * height
         r = o["r"] * side * rng.uniform(0.94, 1.06)
         if o["shape"] == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -345,7 +414,7 @@ def render_scene(scene: dict[str, Any], size: int, rng: random.Random) -> Any:
         resample = rng.choice(
             (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS)
         )
-        img = img.resize((size, size), resample)
+        img = img.resize((out_w, out_h), resample)
     u = rng.random()
     if u < 0.15:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))

@@ -332,7 +332,10 @@ class NativeEncoder(LexicalSources, Encoder):
         self.dim = cfg.embed_dim
         self.meta = dict(meta or {})
         self.preprocess_config = PreprocessConfig(
-            image_size=cfg.image.image_size, mean=cfg.mean, std=cfg.std, resize_mode="shortest"
+            image_size=cfg.image.image_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            resize_mode=cfg.image.resize,
         )
         self._active = np.asarray(net.active_ids.cpu().numpy(), np.int64)
         self._torch = torch

@@ -21,6 +21,7 @@ __all__ = [
     "LexiconConfig",
     "DecoderConfig",
     "NativeConfig",
+    "RESIZE_MODES",
     "CONFIG_DIR",
     "registered_configs",
     "load_config",
@@ -31,11 +32,18 @@ __all__ = [
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+#: how a native model makes a picture of another shape square (see ImageTowerConfig.resize)
+RESIZE_MODES = ("shortest", "squash")
+
+
 @dataclass
 class ImageTowerConfig:
     """A small ResNet-style CNN, then a transformer over the last feature map's patches."""
 
     image_size: int = 64
+    # how a picture of another shape becomes a square: "shortest" (resize the shorter side,
+    # centre crop; CLIP's way) or "squash" (resize both sides: nothing is cut off)
+    resize: str = "shortest"
     stem_width: int = 32
     stem_stride: int = 2  # 2: a 3x3 stride-2 convolution; 4: a 4x4 patchify convolution
     widths: tuple[int, ...] = (48, 96, 160)  # one residual stage each
@@ -139,6 +147,11 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> NativeConfi
     top = _sub(NativeConfig, data, where)
     for k, v in sub.items():
         setattr(top, k, v)
+    if top.image.resize not in RESIZE_MODES:
+        raise ModelNotAvailableError(
+            f"{where}.image.resize must be one of {', '.join(RESIZE_MODES)}, "
+            f"got {top.image.resize!r}"
+        )
     return top
 
 

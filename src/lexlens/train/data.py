@@ -152,6 +152,9 @@ def _fg_negatives(path: str, ds: Any, keep: list[int]) -> list[list[list[str]]] 
     return out
 
 
+#: width : height ratios (or their inverse) of the pictures drawn with ``aspect`` > 0
+ASPECTS = (4 / 3, 3 / 2, 16 / 9, 2.0)
+
 #: radius bounds that keep "small" and "large" apart when :func:`spread_sizes` rescales them
 SMALL_MAX_R, LARGE_MIN_R = 0.105, 0.12
 
@@ -171,7 +174,7 @@ def spread_sizes(scene: dict[str, Any], spread: float, rng: random.Random) -> No
 
 
 def _scene_chunk(
-    job: tuple[int, str, int, int, int, bool, bool, float, float],
+    job: tuple[int, str, int, int, int, bool, bool, float, float, float, float],
 ) -> list[tuple[np.ndarray, list[str], list[dict], dict, list[list[str]], Any, Any]]:
     """Worker: items ``[start, stop)`` of the stream ``(seed, split)`` rendered in memory, each
     with its twin scene and image (``None`` without twins)."""
@@ -179,7 +182,7 @@ def _scene_chunk(
 
     from lexlens.data import scenes as S
 
-    seed, split, start, stop, size, vary, with_twins, size_spread, paraphrase = job
+    seed, split, start, stop, size, vary, with_twins, size_spread, paraphrase, texture, aspect = job
     out = []
     for i in range(start, stop):
         rng = random.Random(f"lexlens-train:{S.GENERATOR_VERSION}:{seed}:{split}:{i}")
@@ -201,15 +204,26 @@ def _scene_chunk(
             cand = [S.realise(x, st, words) for x in training_swaps(m, scene, rng)]
             negs.append(sorted({c for c in cand if c != texts[j]}))
         render = rng.choice((48, 56, 64, 64, 80, 96, 128)) if vary else size
+        # a textured background (its own random stream; the twin gets the same texture)
+        tex = None
+        if texture > 0:
+            trng = random.Random(f"lexlens-texture:{seed}:{split}:{i}")
+            tex = S.draw_texture(trng) if trng.random() < texture else None
+        # drawn at another width : height and squashed back to a square (its own stream)
+        ratio = 1.0
+        if aspect > 0:
+            arng = random.Random(f"lexlens-aspect:{seed}:{split}:{i}")
+            if arng.random() < aspect:
+                ratio = arng.choice(ASPECTS) ** arng.choice((1, -1))
         before = rng.getstate()
-        drawn = [S.render_scene(scene, render, rng)]
+        drawn = [S.render_scene(scene, render, rng, tex, ratio)]
         twin = twin_scene(scene) if with_twins else None
         if twin is not None:  # drawn with the same random choices: only the places differ
             after = rng.getstate()
             rng.setstate(before)
-            drawn.append(S.render_scene(twin, render, rng))
+            drawn.append(S.render_scene(twin, render, rng, tex, ratio))
             rng.setstate(after)
-        if render != size:
+        if render != size or ratio != 1.0:
             filt = rng.choice(
                 (
                     Image.Resampling.BILINEAR,
@@ -326,17 +340,27 @@ def pairs_from_scenes(
     twins: bool = False,
     size_spread: float = 0.0,
     paraphrase: float = 0.0,
+    texture: float = 0.0,
+    aspect: float = 0.0,
 ) -> PairSet:
     """Generate ``n`` scenes in memory (deterministic per ``seed`` and ``split``; ``twins``
     adds each pair and placed single scene's counterfactual twin, :func:`twin_scene`, without
     changing the rest; ``size_spread`` > 0 draws objects at other sizes, :func:`spread_sizes`,
     with the same scenes and captions; ``paraphrase`` is the share of relation captions, and
     of their negatives, written with the wider relation phrases of
-    :data:`lexlens.data.scenes.WIDE_REL_WORDS`, the rest unchanged)."""
+    :data:`lexlens.data.scenes.WIDE_REL_WORDS`, the rest unchanged; ``texture`` is the share
+    of images drawn on a textured background, :func:`lexlens.data.scenes.draw_texture`, the
+    rest of each picture unchanged; ``aspect`` the share drawn at a width : height of
+    :data:`ASPECTS` (either way round) and squashed to a square, as a ``squash`` preprocessor
+    does to a picture of that shape)."""
     if not 0.0 <= size_spread < 1.0:
         raise UsageError(f"size_spread must be at least 0 and below 1, got {size_spread}")
     if not 0.0 <= paraphrase <= 1.0:
         raise UsageError(f"paraphrase must be between 0 and 1, got {paraphrase}")
+    if not 0.0 <= texture <= 1.0:
+        raise UsageError(f"texture must be between 0 and 1, got {texture}")
+    if not 0.0 <= aspect <= 1.0:
+        raise UsageError(f"aspect must be between 0 and 1, got {aspect}")
     import os
     from multiprocessing import get_context
 
@@ -345,7 +369,19 @@ def pairs_from_scenes(
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = 256
     jobs = [
-        (seed, split, a, min(n, a + chunk), image_size, vary_render, twins, size_spread, paraphrase)
+        (
+            seed,
+            split,
+            a,
+            min(n, a + chunk),
+            image_size,
+            vary_render,
+            twins,
+            size_spread,
+            paraphrase,
+            texture,
+            aspect,
+        )
         for a in range(0, n, chunk)
     ]
     images = np.zeros((n, 3, image_size, image_size), np.uint8)
@@ -382,6 +418,8 @@ def pairs_from_scenes(
         source=f"scenes(seed={seed}, split={split}"
         + (f", size_spread={size_spread}" if size_spread > 0 else "")
         + (f", paraphrase={paraphrase}" if paraphrase > 0 else "")
+        + (f", texture={texture}" if texture > 0 else "")
+        + (f", aspect={aspect}" if aspect > 0 else "")
         + ")",
         twins=twin_images,
         twin_scenes=twin_scenes if twins else None,

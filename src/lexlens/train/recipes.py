@@ -25,7 +25,9 @@ class Stage:
     (``text_expansion``: set the model's ``lexicon.text_expansion`` before the stage;
     ``size_spread``: draw the objects at other sizes, :func:`lexlens.train.data.spread_sizes`;
     ``paraphrase``: the share of relation captions said in other words,
-    :data:`lexlens.data.scenes.WIDE_REL_WORDS`)."""
+    :data:`lexlens.data.scenes.WIDE_REL_WORDS`; ``texture``: the share of images drawn on a
+    textured background, :func:`lexlens.data.scenes.draw_texture`; ``aspect``: the share
+    drawn at another width : height and squashed to a square)."""
 
     n_train: int
     seed: int
@@ -33,6 +35,8 @@ class Stage:
     text_expansion: bool | None = None
     size_spread: float = 0.0
     paraphrase: float = 0.0
+    texture: float = 0.0
+    aspect: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ def run_recipe(
             twins="twins" in cfg.terms(),  # counterfactual twin images for that loss term
             size_spread=stage.size_spread,
             paraphrase=stage.paraphrase,
+            texture=stage.texture,
+            aspect=stage.aspect,
         )
         if enc is None:
             texts = [c for caps in tr.captions for c in caps]
