@@ -6,15 +6,22 @@
   ``lexlens data scenes``): one JSON object a line, ``{"image": "images/000001.png",
   "captions": [...], ...}``; other keys of a line become the image's record (the scenes
   generator puts the scene record under ``"scene"`` and the caption meanings under
-  ``"caption_meta"``); ``fg.jsonl`` next to it is the fine-grained set;
+  ``"caption_meta"``); a repeated image's captions are added to its first line's;
+  ``fg.jsonl`` next to it is the fine-grained set: its image paths are resolved as the
+  captions' are (a path naming a dataset image by the end of its path, e.g. a bare file
+  name, is that image when only one image ends so), lines of the same image and positive
+  are merged (negatives united, once each), lines naming no image of the dataset are
+  skipped with a note (none matching is an error);
 * a plain folder of images, searched recursively (jpg jpeg png webp gif bmp tif tiff),
   sorted by relative path, no captions;
 * a ``.txt`` list of image paths, one a line (blank lines and ``#`` comments skipped);
 * a CSV or Parquet table with an image column (``--image-column``, or the first of
   image, image_path, path, filepath, file_path, file, filename, file_name, img, url) and an
   optional caption column (``--caption-column``, or caption, captions, text, sentence,
-  sentences, title, description); rows naming the same image are merged (one caption a
-  row is common); the other columns become the image's record;
+  sentences, title, description, or else numbered columns of one of those names:
+  ``caption_0``, ``caption_1``, ... / ``caption1``, ... read in order); rows naming the same
+  image are merged (one caption a row is common; repeated captions are kept, as in JSONL);
+  the other columns become the image's record;
 * a Karpathy split JSON (``dataset_flickr30k.json``, ``dataset_coco.json``):
   ``{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}]}]}``; ``split``
   selects train / val / test / restval (comma-separated for several);
@@ -24,21 +31,37 @@ Relative image paths are resolved against the dataset file's folder, or ``images
 when given. Image paths in the result are absolute. Files are not opened here: unreadable
 images are skipped (and reported) when they are decoded. Every problem with the dataset
 itself is a :class:`lexlens.errors.DataError` with one clear line.
+
+Text files are UTF-8, with or without a byte-order mark; any other encoding is an error
+naming the file and line. Blank captions (empty or whitespace only) are dropped in every
+format, fine-grained positives and negatives too; what a reader dropped or skipped is said
+in :attr:`Dataset.notes`, which :func:`load_dataset` also hands to its ``log`` (by default
+one ``lexlens: note: ...`` line each on stderr, so ``--json`` output on stdout stays clean).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lexlens.data.images import IMAGE_EXTENSIONS, is_image_file
 from lexlens.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "dataset_info", "IMAGE_COLUMNS", "CAPTION_COLUMNS"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "dataset_info",
+    "note_to_stderr",
+    "IMAGE_COLUMNS",
+    "CAPTION_COLUMNS",
+]
 
 IMAGE_COLUMNS = (
     "image",
@@ -65,7 +88,9 @@ class Dataset:
     columns, Karpathy fields; ``None`` for formats without metadata). For scenes data,
     ``records[i]["scene"]`` is the scene record and ``caption_meta[i]`` the structured
     meanings of ``captions[i]`` (see :mod:`lexlens.data.scenes`). ``fg`` is the
-    fine-grained set (``{"image": absolute path, "positive", "negatives"}``) or ``None``.
+    fine-grained set (``{"image": absolute path, "positive", "negatives"}``, one item per
+    image and positive caption) or ``None``. ``notes`` are one-line remarks of the reader
+    (blank captions dropped, fine-grained lines skipped).
     """
 
     root: Path
@@ -76,6 +101,7 @@ class Dataset:
     caption_meta: list[list[dict[str, Any]]] | None = None
     fg: list[dict[str, Any]] | None = None
     split: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -94,14 +120,38 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- entry point
+def note_to_stderr(line: str) -> None:
+    """The default ``log`` of :func:`load_dataset`: ``lexlens: note: LINE`` on stderr."""
+    print(f"lexlens: note: {line}", file=sys.stderr, flush=True)
+
+
 def load_dataset(
     path: str | os.PathLike[str],
     split: str | None = None,
     image_column: str | None = None,
     caption_column: str | None = None,
     images_root: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = note_to_stderr,
 ) -> Dataset:
-    """Read the dataset at ``path`` (format detected as in the module docstring)."""
+    """Read the dataset at ``path`` (format detected as in the module docstring).
+
+    Every line of the result's :attr:`Dataset.notes` is also passed to ``log`` (``None``:
+    silent).
+    """
+    ds = _load(path, split, image_column, caption_column, images_root)
+    if log is not None:
+        for line in ds.notes:
+            log(line)
+    return ds
+
+
+def _load(
+    path: str | os.PathLike[str],
+    split: str | None,
+    image_column: str | None,
+    caption_column: str | None,
+    images_root: str | os.PathLike[str] | None,
+) -> Dataset:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or directory")
@@ -139,10 +189,20 @@ def _select_split(ds: Dataset, split: str | None) -> Dataset:
         return ds
     wanted = {s.strip() for s in split.split(",") if s.strip()}
     recs = ds.records
-    if recs and all("split" in r for r in recs):
-        keep = [i for i, r in enumerate(recs) if str(r["split"]) in wanted]
+    if recs and any(_split_of(r) is not None for r in recs):
+        # a line without a split is in the dataset's split (dataset.json) when it has one
+        splits = [_split_of(r) or ds.split for r in recs]
+        missing = [i for i, s in enumerate(splits) if s is None]
+        if missing:
+            first = os.path.relpath(ds.image_paths[missing[0]], ds.root)
+            raise DataError(
+                f'{ds.root}: {len(missing)} of {len(recs)} images have no "split" field '
+                f"(first: {first}), so split {split!r} is ambiguous; give every image a split "
+                "or leave out --split"
+            )
+        keep = [i for i, s in enumerate(splits) if s in wanted]
         if not keep:
-            have = sorted({str(r["split"]) for r in recs})
+            have = sorted({str(s) for s in splits})
             raise DataError(f"{ds.root}: no images in split {split!r} (splits: {', '.join(have)})")
         return _subset(ds, keep, split)
     if ds.split is not None:
@@ -150,6 +210,15 @@ def _select_split(ds: Dataset, split: str | None) -> Dataset:
             raise DataError(f"{ds.root}: this dataset is the {ds.split!r} split, not {split!r}")
         return ds
     raise DataError(f"{ds.root}: this {ds.format} dataset has no splits (asked for {split!r})")
+
+
+def _split_of(record: dict[str, Any]) -> str | None:
+    """A record's ``split`` as text, or ``None`` when it has none (missing, null, blank)."""
+    value = record.get("split")
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _subset(ds: Dataset, keep: list[int], split: str) -> Dataset:
@@ -164,6 +233,7 @@ def _subset(ds: Dataset, keep: list[int], split: str) -> Dataset:
         caption_meta=None if ds.caption_meta is None else [ds.caption_meta[i] for i in keep],
         fg=None if ds.fg is None else [f for f in ds.fg if f["image"] in kept],
         split=split,
+        notes=list(ds.notes),
     )
 
 
@@ -196,19 +266,91 @@ def _null(_constant: str) -> None:
     return None
 
 
+# ----------------------------------------------------------------------------- text and notes
+def _utf8_problem(path: Path) -> DataError | None:
+    """The one-line error for ``path`` when it is not UTF-8 text (naming the line of its first
+    bad byte), or ``None`` when it is. Reads the whole file: for error paths only."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return DataError(f"{path}: cannot read ({e.strerror})")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return DataError(f"{path}: UTF-16 text; dataset text files must be UTF-8")
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        pos = start + e.start
+        line = data.count(b"\n", 0, pos) + 1
+        return DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[pos]:02x}); dataset text files must "
+            "be UTF-8"
+        )
+    return None
+
+
+def _not_utf8(path: Path) -> DataError:
+    return _utf8_problem(path) or DataError(
+        f"{path}: not valid UTF-8; dataset text files must be UTF-8"
+    )
+
+
+def _read_text(path: Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark skipped); a :class:`DataError` otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class _Blanks:
+    """Counts the blank captions (empty or whitespace only) a reader drops, and the first place."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.first: str | None = None
+
+    def keep(self, captions: Sequence[str], where: str) -> list[str]:
+        """``captions`` without the blank ones, which are counted (``where``: their place)."""
+        kept = [c for c in captions if c.strip()]
+        if len(kept) < len(captions):
+            self.n += len(captions) - len(kept)
+            self.first = self.first or where
+        return kept
+
+    def notes(self, path: Path) -> list[str]:
+        """The note on what was dropped from ``path`` (none when nothing was)."""
+        if not self.n:
+            return []
+        return [
+            f"{path}: dropped {_plural(self.n, 'blank caption')} (empty or whitespace only; "
+            f"first at {self.first})"
+        ]
+
+
+# ----------------------------------------------------------------------------- JSONL
 def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
-        with open(path, encoding="utf-8") as f:
-            for no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line, parse_constant=_null)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{no}: expected a JSON object")
-                yield no, obj
+        with open(path, encoding="utf-8-sig") as f:
+            try:
+                for no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line, parse_constant=_null)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+                    if not isinstance(obj, dict):
+                        raise DataError(f"{path}:{no}: expected a JSON object")
+                    yield no, obj
+            except UnicodeDecodeError:
+                raise _not_utf8(path) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -231,6 +373,7 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
     records: list[dict[str, Any]] = []
     metas: list[list[dict[str, Any]] | None] = []
     row_of: dict[str, int] = {}
+    blanks = _Blanks()
     for no, obj in _json_lines(path):
         image = obj.get("image", obj.get("path"))
         if not isinstance(image, str) or not image:
@@ -239,6 +382,11 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
         meta = obj.get("caption_meta")
         if meta is not None and (not isinstance(meta, list) or len(meta) != len(caps)):
             raise DataError(f"{path}:{no}: caption_meta must have one entry per caption")
+        kept = blanks.keep(caps, f"line {no}")
+        if len(kept) < len(caps):
+            if meta is not None:
+                meta = [m for c, m in zip(caps, meta, strict=True) if c.strip()]
+            caps = kept
         resolved = _resolve(image, base)
         if resolved in row_of:  # the same image on another line: its captions are added
             i = row_of[resolved]
@@ -267,10 +415,13 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
     info = folder / "dataset.json"
     if info.is_file():
         try:
-            split = json.loads(info.read_text()).get("split")
-        except (OSError, json.JSONDecodeError, AttributeError):
+            split = json.loads(info.read_text(encoding="utf-8-sig")).get("split")
+        except (OSError, ValueError, AttributeError):  # ValueError: bad JSON or not UTF-8
             split = None
-    fg = _read_fg(folder / "fg.jsonl", base) if path.name == "captions.jsonl" else None
+    notes = blanks.notes(path)
+    fg = None
+    if path.name == "captions.jsonl":
+        fg = _read_fg(path.with_name("fg.jsonl"), base, paths, notes)
     return Dataset(
         root=folder,
         format="jsonl",
@@ -280,29 +431,100 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
         caption_meta=None if any(m is None for m in metas) else metas,  # type: ignore[misc]
         fg=fg,
         split=split,
+        notes=notes,
     )
 
 
-def _read_fg(path: Path, base: Path) -> list[dict[str, Any]] | None:
+class _ImageMatcher:
+    """The dataset image a path names: the path resolved as captions.jsonl's paths are, else
+    the only image whose path ends with it (``00001.png``, ``images/00001.png``)."""
+
+    def __init__(self, images: Sequence[str]) -> None:
+        self.images = set(images)
+        self.by_name: dict[str, list[str]] = {}
+        for p in images:
+            self.by_name.setdefault(os.path.basename(p), []).append(p)
+
+    def __call__(self, name: str, base: Path) -> tuple[str | None, int]:
+        """``(image, 1)``, or ``(None, n)`` with ``n`` the images it could be (0: none)."""
+        full = _resolve(name, base)
+        if full in self.images:
+            return full, 1
+        tail = os.path.normpath(name)
+        if os.path.isabs(tail) or tail == ".." or tail.startswith(".." + os.sep):
+            return None, 0
+        found = [
+            p for p in self.by_name.get(os.path.basename(tail), []) if p.endswith(os.sep + tail)
+        ]
+        return (found[0], 1) if len(found) == 1 else (None, len(found))
+
+
+def _read_fg(
+    path: Path, base: Path, images: Sequence[str], notes: list[str]
+) -> list[dict[str, Any]] | None:
+    """The fine-grained items of ``path`` on the dataset's ``images`` (``None``: no file).
+
+    One item per image and positive caption (lines repeating both are merged, their negatives
+    united, each once); blank captions are dropped, lines with a blank positive and lines
+    naming no image of the dataset are skipped, and ``notes`` told so. An ``fg.jsonl`` none
+    of whose lines names a dataset image is an error."""
     if not path.is_file():
         return None
-    out = []
+    match = _ImageMatcher(images)
+    blanks = _Blanks()
+    items: dict[tuple[str, str], dict[str, Any]] = {}
+    lines = 0
+    unmatched: list[str] = []
+    blank_positive: list[int] = []
     for no, obj in _json_lines(path):
+        lines += 1
         if not isinstance(obj.get("image"), str) or not isinstance(obj.get("positive"), str):
             raise DataError(f'{path}:{no}: needs "image" and "positive"')
         negs = obj.get("negatives")
         if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
             raise DataError(f'{path}:{no}: "negatives" must be a list of strings')
-        out.append({**obj, "image": _resolve(obj["image"], base)})
-    return out
+        image, candidates = match(obj["image"], base)
+        if image is None:
+            why = f", which {candidates} images end with" if candidates > 1 else ""
+            unmatched.append(f"line {no} ({obj['image']}{why})")
+            continue
+        positive = obj["positive"]
+        if not positive.strip():
+            blank_positive.append(no)
+            continue
+        negs = blanks.keep(negs, f"line {no}")
+        item = items.get((image, positive))
+        if item is None:
+            items[(image, positive)] = {
+                **obj,
+                "image": image,
+                "negatives": list(dict.fromkeys(negs)),
+            }
+        else:
+            item["negatives"] += [n for n in dict.fromkeys(negs) if n not in item["negatives"]]
+    if lines and len(unmatched) == lines:
+        raise DataError(
+            f"{path}: none of its {_plural(lines, 'line')} names an image of the dataset "
+            f"(first: {unmatched[0]}); give the images as captions.jsonl does"
+        )
+    if unmatched:
+        more = ", ..." if len(unmatched) > 3 else ""
+        notes.append(
+            f"{path}: skipped {len(unmatched)} of {_plural(lines, 'line')} naming no image of "
+            f"the dataset: {', '.join(unmatched[:3])}{more}"
+        )
+    if blank_positive:
+        notes.append(
+            f"{path}: skipped {_plural(len(blank_positive), 'line')} with a blank positive "
+            f"(first: line {blank_positive[0]})"
+        )
+    notes.extend(blanks.notes(path))
+    return list(items.values())
 
 
 def _read_list(path: Path, images_root: Path | None) -> Dataset:
     base = images_root or path.parent.resolve()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the list of images ({e})") from None
+    lines = _read_text(path).splitlines()
     paths = [
         _resolve(s.strip(), base) for s in lines if s.strip() and not s.lstrip().startswith("#")
     ]
@@ -314,9 +536,10 @@ def _read_list(path: Path, images_root: Path | None) -> Dataset:
 # ----------------------------------------------------------------------------- tables
 def _read_table_rows(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The rows of a Parquet or CSV/TSV file; ``text_columns`` of a CSV are read as text (so
-    file names and captions that look like numbers stay as written)."""
+    file names and captions that look like numbers stay as written). A CSV must be UTF-8."""
+    is_csv = path.suffix.lower() not in (".parquet", ".pq")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if not is_csv:
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
@@ -328,8 +551,19 @@ def _read_table_rows(path: Path, text_columns: Sequence[str] = ()) -> list[dict[
             conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
             table = pcsv.read_csv(path, parse_options=opts, convert_options=conv)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+        bad = _utf8_problem(path) if is_csv else None
+        if bad is not None:
+            raise bad from None
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot read the table ({first})") from None
+    if is_csv:
+        import pyarrow as pa
+
+        # pyarrow reads a column that is not valid UTF-8 as bytes
+        if any(
+            pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema
+        ):
+            raise _not_utf8(path)
     return table.to_pylist()
 
 
@@ -344,6 +578,25 @@ def _pick_column(
     return next((lower[c] for c in candidates if c in lower), None)
 
 
+_NUMBERED = re.compile(r"(?P<name>[a-z]+)[ _-]?(?P<n>[0-9]+)", re.IGNORECASE)
+
+
+def _caption_columns(columns: list[str], given: str | None, path: Path) -> list[str]:
+    """The caption columns of a table: ``given``, else the first of :data:`CAPTION_COLUMNS`,
+    else the numbered columns of the first such name (``caption_0``, ``caption_1``, ... or
+    ``caption1``, ...) in the order of their numbers; none: ``[]``."""
+    one = _pick_column(columns, given, CAPTION_COLUMNS, "caption", path)
+    if one is not None:
+        return [one]
+    numbered: dict[str, list[tuple[int, str]]] = {}
+    for c in columns:
+        m = _NUMBERED.fullmatch(c.strip())
+        if m and m["name"].lower() in CAPTION_COLUMNS:
+            numbered.setdefault(m["name"].lower(), []).append((int(m["n"]), c))
+    name = next((n for n in CAPTION_COLUMNS if n in numbered), None)
+    return [] if name is None else [c for _, c in sorted(numbered[name])]
+
+
 def _as_text(value: Any) -> Any:
     """A number in a text column (a typed Parquet column) as its text; anything else as is."""
     if isinstance(value, float) and value != value:  # NaN: an empty cell
@@ -354,6 +607,7 @@ def _as_text(value: Any) -> Any:
 
 
 def _table_captions(value: Any, where: str) -> list[str]:
+    """The captions of one cell (blank ones included: the caller drops and counts them)."""
     value = _as_text(value)
     if value is None:
         return []
@@ -364,7 +618,7 @@ def _table_captions(value: Any, where: str) -> list[str]:
                 return _captions_of(json.loads(s), where)
             except (json.JSONDecodeError, DataError):
                 pass
-        return [value] if s else []
+        return [value]
     return _captions_of(value, where)
 
 
@@ -380,8 +634,16 @@ def _read_table(
         raise DataError(
             f"{path}: no image column (columns: {', '.join(columns)}); pass --image-column"
         )
-    cap_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", path)
-    text_cols = [c for c in (img_col, cap_col) if c is not None]
+    cap_cols = _caption_columns(columns, caption_column, path)
+    notes: list[str] = []
+    others = [c for c in columns if c != img_col]
+    if not cap_cols and others:
+        notes.append(
+            f"{path}: no caption column among {', '.join(others)}, so the images have no "
+            "captions; name it caption (several: caption_0, caption_1, ...) or pass "
+            "--caption-column"
+        )
+    text_cols = [img_col, *cap_cols]
     typed = any(not isinstance(r.get(c), str | list | None) for r in rows for c in text_cols)
     if typed and path.suffix.lower() in (".csv", ".tsv"):
         rows = _read_table_rows(path, text_cols)  # numbers-looking names read back as text
@@ -390,29 +652,30 @@ def _read_table(
     paths: list[str] = []
     captions: list[list[str]] = []
     records: list[dict[str, Any]] = []
+    blanks = _Blanks()
     for no, row in enumerate(rows, 2 if path.suffix.lower() in (".csv", ".tsv") else 1):
         name = _as_text(row.get(img_col))
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{path}: row {no} has no image path in column {img_col!r}")
         full = _resolve(name.strip(), base)
-        caps = _table_captions(row.get(cap_col), f"{path}: row {no}") if cap_col else []
+        caps = [c for col in cap_cols for c in _table_captions(row.get(col), f"{path}: row {no}")]
+        caps = blanks.keep(caps, f"row {no}")
         i = position.get(full)
         if i is None:
             position[full] = len(paths)
             paths.append(full)
-            captions.append(list(caps))
-            records.append({k: v for k, v in row.items() if k not in (img_col, cap_col)})
+            captions.append(caps)
+            records.append({k: v for k, v in row.items() if k != img_col and k not in cap_cols})
         else:
-            captions[i].extend(c for c in caps if c not in captions[i])
-    return Dataset(path.parent.resolve(), "table", paths, captions, records)
+            captions[i].extend(caps)  # repeated captions are kept, as JSONL and Karpathy keep them
+    notes.extend(blanks.notes(path))
+    return Dataset(path.parent.resolve(), "table", paths, captions, records, notes=notes)
 
 
 # ----------------------------------------------------------------------------- Karpathy
 def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> Dataset:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_null)
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+        data = json.loads(_read_text(path), parse_constant=_null)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     images = data.get("images") if isinstance(data, dict) else None
@@ -428,16 +691,21 @@ def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> D
             )
     base = images_root or _karpathy_root(path, images)
     paths, captions, records = [], [], []
+    blanks = _Blanks()
     for no, im in enumerate(images):
         if not isinstance(im, dict) or not isinstance(im.get("filename"), str):
             raise DataError(f'{path}: images[{no}] has no "filename"')
         if wanted is not None and im.get("split") not in wanted:
             continue
         rel = os.path.join(im.get("filepath") or "", im["filename"])
-        sents = im.get("sentences") or []
-        caps = [s["raw"] if isinstance(s, dict) else str(s) for s in sents]
+        caps = []
+        for j, s in enumerate(im.get("sentences") or []):
+            raw = s.get("raw") if isinstance(s, dict) else str(s)
+            if not isinstance(raw, str):
+                raise DataError(f'{path}: images[{no}].sentences[{j}] has no "raw" text')
+            caps.append(raw.strip())
         paths.append(_resolve(rel, base))
-        captions.append([str(c).strip() for c in caps])
+        captions.append(blanks.keep(caps, f"images[{no}]"))
         records.append(
             {
                 k: v
@@ -448,7 +716,15 @@ def _read_karpathy(path: Path, split: str | None, images_root: Path | None) -> D
     if not paths:
         have = sorted({str(im.get("split")) for im in images if isinstance(im, dict)})
         raise DataError(f"{path}: no images in split {split!r} (splits: {', '.join(have)})")
-    return Dataset(path.parent.resolve(), "karpathy", paths, captions, records, split=split)
+    return Dataset(
+        path.parent.resolve(),
+        "karpathy",
+        paths,
+        captions,
+        records,
+        split=split,
+        notes=blanks.notes(path),
+    )
 
 
 def _karpathy_root(path: Path, images: list[Any]) -> Path:
