@@ -297,3 +297,56 @@ def test_min_score_bounds_are_checked_and_never_overflow(tiny_index) -> None:
         every = idx.search(_texts(), k=3, min_score=-1e300)
     assert (none.ids == -1).all()
     assert (every.ids == idx.search(_texts(), k=3).ids).all()
+
+
+def test_a_query_naming_an_image_file_with_spaces_is_an_image(tiny_index, tmp_path, capsys):
+    import shutil
+
+    from lexlens.search import queries_from_cli
+
+    path, _ = tiny_index
+    scene = sorted((path.parent / "scenes" / "images").iterdir())[3]
+    spaced = tmp_path / "sub dir" / "img 00003.png"
+    spaced.parent.mkdir()
+    shutil.copy(scene, spaced)
+    [q] = queries_from_cli(str(spaced), None, None, 0.5, None, None)
+    assert (q.image, q.text) == (str(spaced), None)
+    assert main(["search", str(path), str(spaced), "--k", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"][0]["query"] == f"image {spaced}"
+    # the same picture under its own name ranks the same item first
+    assert main(["search", str(path), str(scene), "--k", "1", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["results"][0]["hits"][0]["id"] == out["results"][0]["hits"][0]["id"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["sub dir/gone 01.png", "my holiday photo.JPG", "shots/cat.jpg please", "x\\y.webp"],
+)
+def test_a_query_that_looks_like_a_missing_image_path_is_an_error(tmp_path, query, monkeypatch):
+    from lexlens.errors import UsageError
+    from lexlens.search import queries_from_cli
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="no image file .*use --text"):
+        queries_from_cli(query, None, None, 0.5, None, None)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "a red circle left of a blue square",
+        "a photo of a.png-like thing",
+        "a photo of cats.png on a wall",
+        "red/blue circles",
+        "red",  # a file of that name exists (no image ending): still a text
+    ],
+)
+def test_sentences_stay_text_queries(tmp_path, query, monkeypatch) -> None:
+    from lexlens.search import queries_from_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "red").write_text("not a picture")
+    [q] = queries_from_cli(query, None, None, 0.5, None, None)
+    assert (q.text, q.image) == (query, None)

@@ -13,9 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lexlens.errors import LexlensError
+
+if TYPE_CHECKING:
+    from lexlens.index.ingest import ReaderOptions
 
 __all__ = ["main", "build_parser"]
 
@@ -111,9 +115,30 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split", help="split to read (Karpathy: train, val, test, restval; a,b for several)"
     )
+    _add_reader_options(p)
+
+
+def _add_reader_options(p: argparse.ArgumentParser, images: bool = True) -> None:
+    """``--image-column``, ``--caption-column`` and (``images``) ``--images DIR``: how a
+    dataset is read, the same on every command that reads one."""
     p.add_argument("--image-column", help="CSV/Parquet column holding image paths")
     p.add_argument("--caption-column", help="CSV/Parquet column holding captions")
-    p.add_argument("--images", dest="images_root", help="folder relative image paths start from")
+    if images:
+        p.add_argument(
+            "--images",
+            dest="images_root",
+            metavar="DIR",
+            help="folder the dataset's relative image paths start from (default: its folder)",
+        )
+
+
+def _reader_options(
+    image_column: str | None, caption_column: str | None, images: str | None
+) -> ReaderOptions:
+    """The :class:`lexlens.index.ingest.ReaderOptions` of the dataset options."""
+    from lexlens.index.ingest import ReaderOptions
+
+    return ReaderOptions(image_column, caption_column, images)
 
 
 def _build_data(sub: argparse._SubParsersAction) -> None:
@@ -382,6 +407,9 @@ class IndexBuildArgs:
     ray_workers: int | None = None  # default 2 (with --ray only)
     shard_size: int | None = None  # default 1024 (with --ray only)
     backend: str | None = None  # "milvus://PATH_OR_URI"
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
 
 
 @dataclass
@@ -394,6 +422,9 @@ class IndexAddArgs:
     ray: str | None = None
     ray_workers: int | None = None  # default 2 (with --ray only)
     shard_size: int | None = None  # default 1024 (with --ray only)
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
 
 
 @dataclass
@@ -437,6 +468,7 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--batch-size", type=_positive_int, default=256, help="encoding batch size")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_reader_options(b)
     _add_scale_options(b)
     b.add_argument(
         "--backend",
@@ -458,6 +490,9 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
             ns.ray_workers,
             ns.shard_size,
             ns.backend,
+            ns.image_column,
+            ns.caption_column,
+            ns.images_root,
         ),
         _run=_run_index_build,
     )
@@ -468,6 +503,7 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--workers", type=int, help="image decoding processes")
     a.add_argument("--batch-size", type=_positive_int, default=256, help="encoding batch size")
     a.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_reader_options(a)
     _add_scale_options(a)
     a.set_defaults(
         _make=lambda ns: IndexAddArgs(
@@ -479,6 +515,9 @@ def _build_index(sub: argparse._SubParsersAction) -> None:
             ns.ray,
             ns.ray_workers,
             ns.shard_size,
+            ns.image_column,
+            ns.caption_column,
+            ns.images_root,
         ),
         _run=_run_index_add,
     )
@@ -574,7 +613,11 @@ def _report_text(r: dict[str, Any]) -> str:
         + (f", resumed {r['reused']} from checkpoints" if r.get("reused") else ""),
         f"{r['count']} items (generation {r['generation']})",
     ]
-    lines += [f"  unreadable: {p}" for p in r.get("failed_paths", [])[:10]]
+    paths, errors = r.get("failed_paths", []), r.get("failed_errors", [])
+    lines += [
+        f"  unreadable: {p}" + (f" ({errors[i]})" if i < len(errors) else "")
+        for i, p in enumerate(paths[:10])
+    ]
     if r.get("ray"):
         ray = r["ray"]
         lines.append(
@@ -601,6 +644,7 @@ def _run_index_build(a: IndexBuildArgs) -> int:
         batch_size=a.batch_size,
         encode_with=hook,
         backend=a.backend,
+        reader=_reader_options(a.image_column, a.caption_column, a.images_root),
     )
     _emit(
         _with_ray_stats({**idx.last_report, "index": str(idx.path), "spec": str(idx.spec)}, hook),
@@ -611,7 +655,7 @@ def _run_index_build(a: IndexBuildArgs) -> int:
 
 
 def _run_index_add(a: IndexAddArgs) -> int:
-    from lexlens.index.index import Index
+    from lexlens.index.index import Index, nothing_read_error
 
     idx = Index.open(a.index)
     model = idx.info()["model"]
@@ -622,7 +666,11 @@ def _run_index_add(a: IndexAddArgs) -> int:
         workers=a.workers,
         batch_size=a.batch_size,
         encode_with=hook,
+        reader=_reader_options(a.image_column, a.caption_column, a.images_root),
     )
+    err = nothing_read_error(a.source, report, f"{a.index} is unchanged")
+    if err is not None:
+        raise err
     _emit(_with_ray_stats(report, hook), a.json, _report_text)
     return 0
 
@@ -765,6 +813,7 @@ def _build_search(sub: argparse._SubParsersAction) -> None:
 
 def _run_search(a: SearchArgs) -> int:
     from lexlens.index.base import SearchParams
+    from lexlens.index.filters import COLUMN_MEANINGS
     from lexlens.index.index import Index
     from lexlens.index.spec import spec_needs
     from lexlens.search import format_results, queries_from_cli
@@ -781,6 +830,13 @@ def _run_search(a: SearchArgs) -> int:
         print(
             f"lexlens: note: no item of {a.index} has a field {name!r}, so conditions on it "
             "match nothing (nested fields are dotted: scene.count)",
+            file=sys.stderr,
+        )
+    for name in idx.shadowed_fields(a.where):
+        print(
+            f"lexlens: note: {name!r} in --where is the item column ({COLUMN_MEANINGS[name]}); "
+            f"items of {a.index} also have a field {name!r} of their own, which filters cannot "
+            "reach (rename it in the dataset to filter on it)",
             file=sys.stderr,
         )
     res = idx.search(
@@ -808,6 +864,8 @@ class EvalArgs:
     json_out: str | None = None
     batch_size: int = 64
     query_mode: str = "encoder"
+    image_column: str | None = None
+    caption_column: str | None = None
 
 
 def _build_eval(sub: argparse._SubParsersAction) -> None:
@@ -829,6 +887,7 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate through an index of this kind (flat, hnsw32, sparse, hybrid(sparse,flat), ...)",
     )
     p.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to")
+    _add_reader_options(p, images=False)
     p.add_argument(
         "--limit", type=_positive_int, help="only the first N images (and their captions)"
     )
@@ -853,6 +912,8 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
             ns.json_out,
             ns.batch_size,
             ns.query_mode,
+            ns.image_column,
+            ns.caption_column,
         ),
         _run=_run_eval,
     )
@@ -862,7 +923,16 @@ def _run_eval(a: EvalArgs) -> int:
     from lexlens.eval.protocol import evaluate, format_report, load_eval_set
     from lexlens.models.registry import load_encoder
 
-    data = load_eval_set(a.data, split=a.split, images_root=a.images, limit=a.limit)
+    if a.json_out not in (None, "-"):
+        _check_output_file(a.json_out, "--json")
+    data = load_eval_set(
+        a.data,
+        split=a.split,
+        images_root=a.images,
+        limit=a.limit,
+        image_column=a.image_column,
+        caption_column=a.caption_column,
+    )
     encoder = load_encoder(a.model)
     result = evaluate(
         encoder,
@@ -876,8 +946,6 @@ def _run_eval(a: EvalArgs) -> int:
         _emit(result, True)
         return 0
     if a.json_out:
-        from pathlib import Path
-
         from lexlens.errors import UsageError
 
         try:
@@ -887,6 +955,26 @@ def _run_eval(a: EvalArgs) -> int:
             raise UsageError(f"cannot write {a.json_out}: {e.strerror}") from e
     print(format_report(result))
     return 0
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """Make sure the output file ``path`` can be written before any work: its folder is
+    created (as every command's output folder is); a one-line :class:`UsageError` if not."""
+    from lexlens.errors import UsageError
+
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = e.strerror or str(e)
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            why = f"{above} is not a folder"
+        raise UsageError(f"cannot write {path}: {why}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
 
 
 # ----------------------------------------------------------------------------- bench (issues #2, #3)
@@ -908,6 +996,9 @@ class BenchEncodeArgs:
     workers: int | None = None
     split: str | None = None
     json: bool = False
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
 
 
 def _build_bench_encode(bench_sub: argparse._SubParsersAction) -> None:
@@ -928,10 +1019,20 @@ def _build_bench_encode(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--split", help="dataset split to read")
+    _add_reader_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(
         _make=lambda ns: BenchEncodeArgs(
-            ns.model, ns.data, ns.n, ns.batch_size, ns.workers, ns.split, ns.json
+            ns.model,
+            ns.data,
+            ns.n,
+            ns.batch_size,
+            ns.workers,
+            ns.split,
+            ns.json,
+            ns.image_column,
+            ns.caption_column,
+            ns.images_root,
         ),
         _run=_run_bench_encode,
     )
@@ -945,7 +1046,9 @@ def _run_bench_encode(a: BenchEncodeArgs) -> int:
 
     if a.n <= 0:
         raise UsageError(f"--n must be positive, got {a.n}")
-    paths = load_dataset(a.data, split=a.split).image_paths[: a.n]
+    paths = load_dataset(
+        a.data, a.split, a.image_column, a.caption_column, a.images_root
+    ).image_paths[: a.n]
     encoder = load_encoder(a.model)
     log = None if a.json else (lambda line: print(line, file=sys.stderr, flush=True))
     result = bench_encode(

@@ -32,6 +32,8 @@ to query words (:mod:`lexlens.models.attribution`), each piece also names its ``
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ __all__ = [
     "encode_queries",
     "fuse",
     "queries_from_cli",
+    "query_image_path",
     "check_embeddings",
     "format_results",
     "explain_by_word",
@@ -460,17 +463,14 @@ def queries_from_cli(
     item: int | None,
     embedding: str | None,
 ) -> list[Query]:
-    """Queries from the ``lexlens search`` arguments (a QUERY naming an image file is an image)."""
+    """Queries from the ``lexlens search`` arguments (a QUERY naming an image file is an image,
+    see :func:`query_image_path`)."""
     if query is not None:
-        looks_like_image = Path(query).suffix.lower() in IMAGE_SUFFIXES and " " not in query
-        if looks_like_image and not Path(query).is_file():
-            raise UsageError(
-                f"no image file {query} (to search for these words as text, use --text)"
-            )
-        if looks_like_image:
+        query_image = query_image_path(query)
+        if query_image is not None:
             if image is not None:
                 raise UsageError("two query images given (QUERY and --image)")
-            image = query
+            image = query_image
         elif text is not None:
             raise UsageError("two query texts given (QUERY and --text)")
         else:
@@ -494,6 +494,33 @@ def queries_from_cli(
     if text is None and image is None:
         raise UsageError("no query: give QUERY text, --image, --item or --embedding")
     return [Query(text=text, image=image, weight=weight)]
+
+
+#: a path separator, then (in the same run of non-blanks) a name with an image file ending
+_PATH_WITH_IMAGE = re.compile(
+    r"[/\\]\S*(?:" + "|".join(re.escape(x) for x in IMAGE_SUFFIXES) + r")(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def query_image_path(query: str) -> str | None:
+    """The image file a ``lexlens search`` QUERY names, or ``None`` when it is a text.
+
+    A QUERY is an image when it names an existing file that has an image file ending or a
+    path separator (spaces allowed: ``"sub dir/img 01.webp"``); a bare word that happens to
+    be a file without an image ending (``red``) stays a text. A QUERY that looks like the path
+    of an image (it ends in an image file ending, or holds a path separator followed by a
+    name with one: ``shots/cat.jpg``) but names no file is a :class:`UsageError`, not a text
+    search. Anything else (``"a photo of a.png-like thing"``) is a text.
+    """
+    path = Path(os.path.expanduser(query))
+    has_separator = "/" in query or "\\" in query or os.sep in query
+    image_ending = path.suffix.lower() in IMAGE_SUFFIXES
+    if path.is_file() and (image_ending or has_separator):
+        return str(path)
+    if image_ending or _PATH_WITH_IMAGE.search(query):
+        raise UsageError(f"no image file {query} (to search for these words as text, use --text)")
+    return None
 
 
 def check_embeddings(values: Any, source: str = "the embedding") -> np.ndarray:

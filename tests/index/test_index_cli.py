@@ -6,22 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from fakes import FakeEncoder, write_collection
+from fakes import write_collection
 
 from lexlens.cli import main
 from lexlens.index.index import Index
 from lexlens.index.ingest import SourceItem
 from lexlens.search import Query
-
-
-@pytest.fixture
-def fake_backend():
-    from lexlens.models import registry
-
-    registry._ensure_builtin_backends()
-    registry.register_backend("test", lambda target: FakeEncoder("test:" + target))
-    yield "test:fake"
-    registry.BACKENDS.pop("test", None)
 
 
 @pytest.fixture

@@ -416,14 +416,26 @@ def as_eval_set(dataset: Any) -> EvalSet:
 
 
 def load_eval_set(
-    path: str, split: str | None = None, images_root: str | None = None, limit: int | None = None
+    path: str,
+    split: str | None = None,
+    images_root: str | None = None,
+    limit: int | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
 ) -> EvalSet:
-    """Read any supported dataset (scenes folder, Karpathy JSON, CSV/Parquet) for evaluation."""
+    """Read any supported dataset (scenes folder, Karpathy JSON, CSV/Parquet) for evaluation;
+    ``image_column`` / ``caption_column`` name a table's columns when not found by name."""
     try:
         from lexlens.data.readers import load_dataset
     except ImportError as e:  # the readers module is part of the data issue
         raise UsageError("dataset readers are not available in this build") from e
-    ds = load_dataset(path, split=split, images_root=images_root)
+    ds = load_dataset(
+        path,
+        split=split,
+        image_column=image_column,
+        caption_column=caption_column,
+        images_root=images_root,
+    )
     return as_eval_set(ds).limit(limit)
 
 

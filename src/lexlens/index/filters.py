@@ -7,6 +7,10 @@ the item columns ``id``, ``path``, ``text``, ``size``, ``mtime``. ``VALUE`` is a
 ``true``/``false``, or a string (quote it with ``'`` or ``"`` to keep spaces or operator
 characters). ``>``/``<`` compare numbers; ``=``/``!=`` compare numbers with numbers and
 strings with strings. An item without the field matches only ``!=``.
+
+The item columns come first: a user field with a column's name (a dataset's own ``size`` or
+``id`` key) is kept with the item but no condition reaches it (``lexlens search`` notes it:
+:meth:`lexlens.index.index.Index.shadowed_fields`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,18 @@ from typing import Any
 
 from lexlens.errors import UsageError
 
-__all__ = ["Condition", "parse_where", "where_sql", "COLUMNS"]
+__all__ = ["Condition", "parse_where", "where_sql", "COLUMNS", "COLUMN_MEANINGS"]
 
+#: what each item column holds (a condition on the name tests the column)
+COLUMN_MEANINGS = {
+    "id": "the item's id",
+    "path": "the image file's absolute path",
+    "text": "the caption of a caption index",
+    "size": "the image file's size in bytes",
+    "mtime": "the image file's modification time, in seconds",
+}
 #: the item columns a condition can name besides the user fields
-COLUMNS = frozenset({"id", "path", "text", "size", "mtime"})
+COLUMNS = frozenset(COLUMN_MEANINGS)
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _COND = re.compile(
     r"\s*(?P<field>[^\s=!<>]+)\s*(?P<op>!=|>=|<=|=|>|<)\s*"

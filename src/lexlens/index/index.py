@@ -24,6 +24,7 @@ from lexlens.index.ingest import (
     Checkpoints,
     EncodedBatch,
     ItemRecord,
+    ReaderOptions,
     SourceItem,
     encode_items,
     file_sha256,
@@ -55,7 +56,14 @@ if TYPE_CHECKING:
     from lexlens.index.dups import DupGroup
     from lexlens.search import Query, SearchResults
 
-__all__ = ["Index", "AddReport", "EncodeFn", "index_info", "model_fingerprint"]
+__all__ = [
+    "Index",
+    "AddReport",
+    "EncodeFn",
+    "index_info",
+    "model_fingerprint",
+    "nothing_read_error",
+]
 
 #: a replacement for the local encoding loop: ``(todo, want_sparse) -> encoded batches``
 EncodeFn = Callable[[Sequence[SourceItem], bool], Iterable[EncodedBatch]]
@@ -64,6 +72,10 @@ EncodeFn = Callable[[Sequence[SourceItem], bool], Iterable[EncodedBatch]]
 PROBE_TEXT = "a red circle above a blue square"
 #: files recorded less than this long after their mtime are re-hashed by ``add``
 RACY_SECONDS = 2.0
+#: how many unreadable files an add report lists (``failed_paths``, ``failed_errors``)
+MAX_FAILED_LISTED = 50
+#: the ``failed_errors`` entry of a file that does not exist
+MISSING_FILE = "no such file"
 
 
 def _probe_image() -> Any:
@@ -135,9 +147,39 @@ class AddReport:
     count: int = 0
     generation: int = 0
     failed_paths: list[str] = field(default_factory=list)
+    #: why each of ``failed_paths`` could not be read (same order)
+    failed_errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def _fail(self, path: str, why: str) -> None:
+        self.failed += 1
+        if len(self.failed_paths) < MAX_FAILED_LISTED:
+            self.failed_paths.append(path)
+            self.failed_errors.append(why)
+
+
+def nothing_read_error(source: Any, report: dict[str, Any], after: str) -> DataError | None:
+    """The one-line error of an add or build where every item failed (none was added,
+    updated or found unchanged), or ``None`` when something could be read. ``after`` ends
+    the line (what became of the index)."""
+    if not report.get("failed") or any(report.get(k) for k in ("added", "updated", "skipped")):
+        return None
+    paths, errors = report.get("failed_paths") or [""], report.get("failed_errors") or [""]
+    first, why = paths[0], errors[0]
+    if any("\\" in p for p in paths):
+        hint = "the dataset's image paths hold backslashes (Windows paths?): write them with /"
+    elif all(e == MISSING_FILE for e in errors):
+        hint = "relative image paths start from the dataset's folder (--images DIR sets another)"
+    else:
+        hint = "are they image files? (`lexlens data info SOURCE` checks a dataset)"
+    name = str(source) if isinstance(source, str | os.PathLike) else "the source"
+    n = int(report["failed"])
+    return DataError(
+        f"none of the {n} image{'s' if n != 1 else ''} of {name} could be read "
+        f"(first: {first}: {why}); {hint}; {after}"
+    )
 
 
 @dataclass
@@ -299,6 +341,7 @@ class Index:
         batch_size: int = 256,
         encode_with: EncodeFn | None = None,
         backend: str | None = None,
+        reader: ReaderOptions | None = None,
     ) -> Index:
         """Encode ``source`` with ``model`` into a new index at ``out``.
 
@@ -308,12 +351,16 @@ class Index:
         ``encode_with(todo, want_sparse)`` replaces the local encoding (e.g. Ray); it returns
         :class:`~lexlens.index.ingest.EncodedBatch` objects in any order.
         ``backend="milvus://PATH_OR_URI"`` keeps the searchable structure in Milvus
-        (:mod:`lexlens.scale.milvus`; the spec becomes ``milvus(SPEC)``).
+        (:mod:`lexlens.scale.milvus`; the spec becomes ``milvus(SPEC)``). ``reader`` says how
+        a dataset path is read (image / caption column, images folder).
+
+        When no image of ``source`` can be read, raises :class:`DataError` (one line: how
+        many, the first path and why) and leaves no index behind when this call created it.
         """
         out = Path(out)
         store = IndexDir(out)
         encoder = _resolve_encoder(model)
-        todo = read_source(source, items)
+        todo = read_source(source, items, reader)
         if not todo and items == "texts":
             raise DataError(f"{source} has no captions; a caption index (--items texts) needs them")
         parsed = (
@@ -345,9 +392,21 @@ class Index:
         ):
             raise UsageError(f"{out} exists and is not an index; choose an empty or new directory")
         else:
+            before = set(out.iterdir()) if out.exists() else None
             cls._create_empty(store, encoder, parsed, items, needs_sparse, backend)
+            index = cls(out, _load_state(store), encoder)
+            # (an interrupted build keeps what it wrote: run again, it resumes)
+            report = index._add_items(todo, progress, workers, batch_size, encode_with)
+            err = nothing_read_error(source, report.to_dict(), "no index was written")
+            if err is not None:
+                _undo_create(out, before)
+                raise err
+            return index
         index = cls(out, _load_state(store), encoder)
-        index._add_items(todo, progress, workers, batch_size, encode_with)
+        report = index._add_items(todo, progress, workers, batch_size, encode_with)
+        err = nothing_read_error(source, report.to_dict(), f"{out} is unchanged")
+        if err is not None:
+            raise err
         return index
 
     @staticmethod
@@ -408,12 +467,14 @@ class Index:
         workers: int | None = None,
         batch_size: int = 256,
         encode_with: EncodeFn | None = None,
+        reader: ReaderOptions | None = None,
     ) -> dict[str, Any]:
         """Add what is new or changed in ``source``; returns the report as a dict.
 
         Keys: ``added`` (new items), ``updated`` (changed files, re-encoded under new ids),
         ``skipped`` (unchanged: same path and size+mtime, or same bytes), ``failed``
-        (unreadable files, listed in ``failed_paths``), ``relabelled`` (captions or user
+        (unreadable files, listed in ``failed_paths`` with the reasons in ``failed_errors``;
+        :func:`nothing_read_error` tells an add where every file failed), ``relabelled`` (captions or user
         fields changed, no re-encoding), ``removed`` (captions of a caption index that the
         source no longer gives their image), ``reused`` (taken from an interrupted add's
         checkpoints), ``count`` and ``generation`` after the add.
@@ -423,7 +484,7 @@ class Index:
         others removed. Images it does not list keep their captions, as an image index keeps
         the items a source does not list (``remove`` drops them).
         """
-        todo = read_source(source, self._state.manifest.items)
+        todo = read_source(source, self._state.manifest.items, reader)
         return self._add_items(todo, progress, workers, batch_size, encode_with).to_dict()
 
     def _add_items(
@@ -461,13 +522,15 @@ class Index:
                 encoded = encode_items(
                     fresh, enc, man.items, man.has_sparse, batch_size, workers, progress
                 )
-            failed_paths: set[str] = set()
+            failures: dict[str, str] = {}
             for batch in encoded:
                 ck.write(batch)
                 batches.append(batch)
-                failed_paths.update(p for p, _ in batch.failed)
-            report.failed += len(failed_paths)
-            report.failed_paths += sorted(failed_paths)[: max(0, 50 - len(report.failed_paths))]
+                for p, why in batch.failed:
+                    failures.setdefault(p, why)
+            failed_paths = set(failures)
+            for p in sorted(failures):
+                report._fail(p, failures[p])
             records, dense, sparse = _collect(reused, batches, man)
             encoded_paths = {r.path for r in records}
             # a changed file that could not be read keeps its old entry
@@ -553,6 +616,16 @@ class Index:
 
         names = dict.fromkeys(c.field for c in parse_where(where) if c.field not in COLUMNS)
         return [f for f in names if not self._state.meta.has_field(f)]
+
+    def shadowed_fields(self, where: str | None) -> list[str]:
+        """The item columns (``id``, ``path``, ``text``, ``size``, ``mtime``) a ``where``
+        filter names that some item also has as a user field of its own: the condition tests
+        the column, never that field (a dataset's ``size`` or ``id`` key is kept with the item
+        and shown, but ``--where`` cannot reach it)."""
+        from lexlens.index.filters import COLUMNS, parse_where
+
+        names = dict.fromkeys(c.field for c in parse_where(where) if c.field in COLUMNS)
+        return [f for f in names if self._state.meta.has_field(f)]
 
     def ids_of(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, list[int]]:
         """``{absolute path: ids}`` of the given file paths that the index holds (a caption
@@ -696,9 +769,7 @@ def _classify(st: _State, todo: Sequence[SourceItem], report: AddReport) -> _Pla
         stat = file_stat(str(item.path))
         old = by_path.get(str(item.path))
         if stat is None:
-            report.failed += 1
-            if len(report.failed_paths) < 50:
-                report.failed_paths.append(str(item.path))
+            report._fail(str(item.path), MISSING_FILE)
             continue
         if not old:
             plan.encode.append((item, stat))
@@ -747,6 +818,22 @@ def _collect(
     dense = np.concatenate(dense_parts) if dense_parts else np.zeros((0, man.dim), np.float32)
     sparse = sparse_from_rows(sparse_rows, man.vocab_size) if man.has_sparse else None
     return records, dense, sparse
+
+
+def _undo_create(out: Path, before: set[Path] | None) -> None:
+    """Remove what a build that created ``out`` wrote there (``before``: what ``out`` held
+    before, ``None`` when it did not exist)."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for p in out.iterdir() if out.exists() else []:
+        if p not in before:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- writing

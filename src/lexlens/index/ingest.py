@@ -29,6 +29,7 @@ from lexlens.progress import progress_bar
 
 __all__ = [
     "SourceItem",
+    "ReaderOptions",
     "ItemRecord",
     "EncodedBatch",
     "read_source",
@@ -100,23 +101,58 @@ def _from_dataset(ds: Any, items: str) -> list[SourceItem]:
     return out
 
 
-def read_source(source: Any, items: str = "images") -> list[SourceItem]:
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How a dataset path is read: the options of :func:`lexlens.data.readers.load_dataset`
+    (``--image-column``, ``--caption-column`` and ``--images`` of the CLI)."""
+
+    #: the CSV/Parquet column holding image paths (default: found by name)
+    image_column: str | None = None
+    #: the CSV/Parquet column holding captions (default: found by name)
+    caption_column: str | None = None
+    #: the folder relative image paths start from (default: the dataset file's folder)
+    images_root: str | None = None
+
+    def given(self) -> bool:
+        """Whether any option differs from the default."""
+        return any(
+            v is not None for v in (self.image_column, self.caption_column, self.images_root)
+        )
+
+
+def read_source(
+    source: Any, items: str = "images", reader: ReaderOptions | None = None
+) -> list[SourceItem]:
     """Items to index from ``source``.
 
     ``source`` is a dataset directory or file (read with
-    :func:`lexlens.data.readers.load_dataset`), a dataset object, or a list of image paths
-    or :class:`SourceItem`. For ``items="texts"`` every caption becomes one item.
-    Duplicate items (same path, or same path and caption) are kept once.
+    :func:`lexlens.data.readers.load_dataset`, with the ``reader`` options), a dataset
+    object, or a list of image paths or :class:`SourceItem`. For ``items="texts"`` every
+    caption becomes one item. Duplicate items (same path, or same path and caption) are kept
+    once. ``reader`` options with a source that is not a path are a :class:`UsageError`.
     """
     if items not in ("images", "texts"):
         raise UsageError(f"items must be 'images' or 'texts', got {items!r}")
+    reader = reader or ReaderOptions()
+    if reader.given() and not isinstance(source, str | os.PathLike):
+        raise UsageError(
+            "image column, caption column and images folder apply to a dataset path only"
+        )
     if isinstance(source, str | os.PathLike):
         p = Path(source)
         if not p.exists():
             raise DataError(f"{p}: no such file or directory")
         from lexlens.data.readers import load_dataset
 
-        found = _from_dataset(load_dataset(p), items)
+        found = _from_dataset(
+            load_dataset(
+                p,
+                image_column=reader.image_column,
+                caption_column=reader.caption_column,
+                images_root=reader.images_root,
+            ),
+            items,
+        )
     elif hasattr(source, "image_paths"):
         found = _from_dataset(source, items)
     else:

@@ -90,8 +90,18 @@ def _timed() -> Iterator[None]:
 class TimedEncoder(WrappedEncoder):
     """An :class:`Encoder` that forwards to ``inner`` and records the time spent encoding.
 
-    The same vectors as ``inner`` (it is the same model); only the clock differs.
+    The same vectors as ``inner`` (it is the same model); only the clock differs. Its
+    ``preprocess`` is the inner model's: the default one (the inner model's settings, which
+    :mod:`lexlens.index.ingest` sends to its decoding processes without the model, as for
+    ``lexlens index add``), or, when the inner model has its own, that one. So adding a
+    dataset through the server never has to pickle this wrapper's model.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TimedEncoder:
+        inner = args[0] if args else kwargs.get("inner")  # none when unpickled
+        if cls is TimedEncoder and inner is not None and _own_preprocess(inner):
+            cls = _OwnPreprocessTimedEncoder
+        return super().__new__(cls)
 
     @property
     def has_lexical(self) -> bool:
@@ -104,9 +114,6 @@ class TimedEncoder(WrappedEncoder):
     @property
     def lexical_query_modes(self) -> tuple[str, ...]:
         return self.inner.lexical_query_modes
-
-    def preprocess(self, image: Any) -> np.ndarray:
-        return self.inner.preprocess(image)
 
     def encode_images(self, images: Sequence[Any], batch_size: int = 64, progress: bool = False):
         with _timed():
@@ -162,6 +169,18 @@ class TimedEncoder(WrappedEncoder):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
+
+
+def _own_preprocess(encoder: Encoder) -> bool:
+    """Whether ``encoder`` preprocesses images its own way (not :meth:`Encoder.preprocess`)."""
+    return type(encoder).preprocess is not Encoder.preprocess
+
+
+class _OwnPreprocessTimedEncoder(TimedEncoder):
+    """A :class:`TimedEncoder` over a model with its own ``preprocess``."""
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        return self.inner.preprocess(image)
 
 
 def jsonable(x: Any) -> Any:
