@@ -245,6 +245,9 @@ class TrainArgs:
     json: bool = False
     text_expansion: bool | None = None
     force: bool = False
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
 
 
 def _build_train(sub: argparse._SubParsersAction) -> None:
@@ -298,6 +301,7 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace the model or training run already in OUT"
     )
+    _add_reader_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(
         _make=lambda ns: TrainArgs(
@@ -321,6 +325,9 @@ def _build_train(sub: argparse._SubParsersAction) -> None:
             ns.json,
             ns.text_expansion,
             ns.force,
+            ns.image_column,
+            ns.caption_column,
+            ns.images_root,
         ),
         _run=_run_train,
     )
@@ -369,6 +376,9 @@ def _run_train(a: TrainArgs) -> int:
         a.resume,
         text_expansion=a.text_expansion,
         force=a.force,
+        image_column=a.image_column,
+        caption_column=a.caption_column,
+        images_root=a.images_root,
     )
     summary = run_training(req, progress=not a.json, log=log)
 

@@ -140,6 +140,30 @@ def test_recipe_stage_draws_spread_sizes(tmp_path) -> None:
     ]
 
 
+def test_cli_train_reads_a_table_with_its_columns_and_image_folder(tmp_path, capsys) -> None:
+    import csv
+
+    from lexlens.data.scenes import generate_scenes
+
+    generate_scenes(tmp_path / "d", n=40, seed=3, size=32, workers=1, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "d" / "captions.jsonl").read_text().splitlines()]
+    (tmp_path / "t").mkdir()
+    with open(tmp_path / "t" / "pairs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["img_file", "sentence"])
+        for r in records:
+            w.writerows([r["image"], c] for c in r["captions"][:2])
+    argv = ["train", "--data", str(tmp_path / "t" / "pairs.csv"), "--config", "tiny",
+            "--epochs", "1", "--batch-size", "16", "--json"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) != 0  # no column of a known name
+    assert "--image-column" in capsys.readouterr().err
+    options = ["--image-column", "img_file", "--caption-column", "sentence"]
+    options += ["--images", str(tmp_path / "d")]
+    assert main([*argv, *options, "--out", str(tmp_path / "m")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["train_pairs"] == 40 - 2
+
+
 def test_cli_train_on_a_folder(tmp_path, capsys) -> None:
     from lexlens.data.scenes import generate_scenes
 

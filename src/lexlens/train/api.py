@@ -34,6 +34,10 @@ class TrainRequest:
     resume: bool = False
     text_expansion: bool | None = None  # native models: set ``lexicon.text_expansion``
     force: bool = False  # replace the model or run already in ``out``
+    # how ``data`` and ``val`` are read (tables: which columns; the folder image paths start from)
+    image_column: str | None = None
+    caption_column: str | None = None
+    images_root: str | None = None
 
 
 def run_training(
@@ -78,9 +82,16 @@ def run_training(
     ):
         raise UsageError("--no-text-expansion applies to native models with lexicon heads")
     size = encoder.preprocess_config.image_size
-    data = pairs_from_dataset(req.data, size, limit=req.limit, progress=progress, split=req.split)
+    read = {
+        "image_column": req.image_column,
+        "caption_column": req.caption_column,
+        "images_root": req.images_root,
+    }
+    data = pairs_from_dataset(
+        req.data, size, limit=req.limit, progress=progress, split=req.split, **read
+    )
     if req.val:
-        val = pairs_from_dataset(req.val, size, progress=progress)
+        val = pairs_from_dataset(req.val, size, progress=progress, **read)
     else:
         n_val = max(1, min(1000, len(data) // 20)) if len(data) >= 40 else 0
         perm = np.random.default_rng(0).permutation(len(data))

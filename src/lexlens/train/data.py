@@ -92,13 +92,18 @@ def pairs_from_dataset(
     limit: int | None = None,
     progress: bool = True,
     split: str | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_root: str | None = None,
 ) -> PairSet:
-    """Decode every image of a dataset once (skipping unreadable files) into a :class:`PairSet`."""
+    """Decode every image of a dataset once (skipping unreadable files) into a :class:`PairSet`
+    (the dataset read as :func:`lexlens.data.readers.load_dataset` reads it, with the same
+    column and image-folder options)."""
     from lexlens.data.images import load_rgb
     from lexlens.data.readers import load_dataset
     from lexlens.progress import progress_bar
 
-    ds = load_dataset(path, split)
+    ds = load_dataset(path, split, image_column, caption_column, images_root)
     n = len(ds.images) if limit is None else min(limit, len(ds.images))
     if n == 0:
         raise DataError(f"{path}: no images to train on")
