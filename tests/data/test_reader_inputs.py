@@ -312,3 +312,15 @@ def test_table_rows_with_a_blank_split_cell_are_an_error_too(tmp_path):
     (tmp_path / "t.csv").write_text("image,caption,split\na.png,x,test\nb.png,y,\n")
     with pytest.raises(DataError, match=r'1 of 2 images have no "split" field \(first: b.png\)'):
         load_dataset(tmp_path / "t.csv", split="test")
+
+
+# ----------------------------------------------------------------------------- own keys
+def test_a_records_own_path_or_caption_key_is_kept_beside_image_and_captions(tmp_path):
+    img = _img(tmp_path / "images" / "0.png")
+    row = {"image": "images/0.png", "path": "/orig/0.png", "captions": ["a"], "caption": "b"}
+    _jsonl(tmp_path / "captions.jsonl", [row, {"path": "images/1.png", "caption": "c"}])
+    _img(tmp_path / "images" / "1.png")
+    ds = load_dataset(tmp_path)
+    assert ds.images[0] == img and ds.captions == [["a"], ["c"]]
+    assert ds.records[0] == {"path": "/orig/0.png", "caption": "b"}
+    assert ds.records[1] == {}  # the keys read as image and caption are not the record's

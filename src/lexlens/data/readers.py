@@ -375,10 +375,12 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
     row_of: dict[str, int] = {}
     blanks = _Blanks()
     for no, obj in _json_lines(path):
-        image = obj.get("image", obj.get("path"))
+        image_key = "image" if "image" in obj else "path"
+        caption_key = "captions" if "captions" in obj else "caption"
+        image = obj.get(image_key)
         if not isinstance(image, str) or not image:
             raise DataError(f'{path}:{no}: missing the "image" path')
-        caps = _captions_of(obj.get("captions", obj.get("caption")), f"{path}:{no}")
+        caps = _captions_of(obj.get(caption_key), f"{path}:{no}")
         meta = obj.get("caption_meta")
         if meta is not None and (not isinstance(meta, list) or len(meta) != len(caps)):
             raise DataError(f"{path}:{no}: caption_meta must have one entry per caption")
@@ -402,12 +404,10 @@ def _read_jsonl_folder(path: Path, images_root: Path | None) -> Dataset:
         paths.append(resolved)
         captions.append(caps)
         metas.append(meta)
+        # the keys read as the image and its captions; any other key (a "path" beside an
+        # "image") is the record's own
         records.append(
-            {
-                k: v
-                for k, v in obj.items()
-                if k not in ("image", "path", "captions", "caption", "caption_meta")
-            }
+            {k: v for k, v in obj.items() if k not in (image_key, caption_key, "caption_meta")}
         )
     if not paths:
         raise DataError(f"{path}: no images listed")
