@@ -171,6 +171,19 @@ RECIPES: dict[str, Recipe] = {
             Stage(120000, 131, _ROLES_LIGHT, size_spread=0.25, paraphrase=0.5),
             # once more on 80k: held-out-like rSum still rose (524.8 -> 529.3)
             Stage(80000, 141, _ROLES_LIGHT, size_spread=0.25, paraphrase=0.5),
+            # pictures of other renderers: textured backgrounds, other aspect ratios (squashed)
+            Stage(
+                60000, 151, _ROLES_LIGHT, size_spread=0.25, paraphrase=0.5, texture=0.5, aspect=0.3
+            ),  # fmt: skip
+            Stage(
+                60000,
+                161,
+                replace(_ROLES_LIGHT, lr=2e-4),
+                size_spread=0.25,
+                paraphrase=0.5,
+                texture=0.3,
+                aspect=0.2,
+            ),  # fmt: skip
         ),
         n_val=500,
         val_seed=2,
@@ -178,7 +191,8 @@ RECIPES: dict[str, Recipe] = {
         "generated scenes, two stages refitting the lexicon heads without text expansion, then "
         "one with counterfactual twin images on 100k more, two more on 100k scenes each drawn "
         "at spread sizes, and six with role targets for relations on 80-120k each, the last two "
-        "with relations said in other words)",
+        "with relations said in other words, then two on 60k each with textured backgrounds and "
+        "other aspect ratios for a share of the pictures)",
     ),
     "tiny": Recipe(
         name="tiny",
