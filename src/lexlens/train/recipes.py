@@ -174,7 +174,7 @@ RECIPES: dict[str, Recipe] = {
             # pictures of other renderers: textured backgrounds, other aspect ratios (squashed)
             Stage(
                 60000, 151, _ROLES_LIGHT, size_spread=0.25, paraphrase=0.5, texture=0.5, aspect=0.3
-            ),  # fmt: skip
+            ),
             Stage(
                 60000,
                 161,
@@ -183,7 +183,24 @@ RECIPES: dict[str, Recipe] = {
                 paraphrase=0.5,
                 texture=0.3,
                 aspect=0.2,
-            ),  # fmt: skip
+            ),
+            # the lexicon heads refit on such pictures (lexical and inference-free queries)
+            Stage(
+                60000,
+                171,
+                TrainConfig(
+                    objective="lexical-heads",
+                    epochs=2,
+                    batch_size=128,
+                    lr=5e-4,
+                    warmup_steps=100,
+                    hard_negatives=4,
+                ),
+                size_spread=0.25,
+                paraphrase=0.5,
+                texture=0.3,
+                aspect=0.2,
+            ),
         ),
         n_val=500,
         val_seed=2,
@@ -192,7 +209,8 @@ RECIPES: dict[str, Recipe] = {
         "one with counterfactual twin images on 100k more, two more on 100k scenes each drawn "
         "at spread sizes, and six with role targets for relations on 80-120k each, the last two "
         "with relations said in other words, then two on 60k each with textured backgrounds and "
-        "other aspect ratios for a share of the pictures)",
+        "other aspect ratios for a share of the pictures, and a refit of the lexicon heads on "
+        "such pictures)",
     ),
     "tiny": Recipe(
         name="tiny",
