@@ -67,6 +67,16 @@ _TWINS = TrainConfig(
 _ROLES = replace(_TWINS, objective="lexlip-roles", w_roles=5.0, w_layout=2.0)
 _ROLES_LIGHT = replace(_ROLES, w_roles=1.0, w_layout=1.0)
 
+#: the lexicon heads alone, on the frozen towers (``lexical-heads``)
+_HEADS = TrainConfig(
+    objective="lexical-heads",
+    epochs=3,
+    batch_size=128,
+    lr=5e-4,
+    warmup_steps=100,
+    hard_negatives=4,
+)
+
 RECIPES: dict[str, Recipe] = {
     "scenes-mini": Recipe(
         name="scenes-mini",
@@ -128,27 +138,13 @@ RECIPES: dict[str, Recipe] = {
             Stage(
                 40000,
                 21,
-                TrainConfig(
-                    objective="lexical-heads",
-                    epochs=3,
-                    batch_size=128,
-                    lr=1e-3,
-                    warmup_steps=100,
-                    hard_negatives=4,
-                ),
+                replace(_HEADS, lr=1e-3),
                 text_expansion=False,
             ),
             Stage(
                 80000,
                 22,
-                TrainConfig(
-                    objective="lexical-heads",
-                    epochs=3,
-                    batch_size=128,
-                    lr=5e-4,
-                    warmup_steps=100,
-                    hard_negatives=4,
-                ),
+                _HEADS,
                 text_expansion=False,
             ),
             # places: each single-object or pair scene also drawn with its objects moved, that
@@ -188,14 +184,7 @@ RECIPES: dict[str, Recipe] = {
             Stage(
                 60000,
                 171,
-                TrainConfig(
-                    objective="lexical-heads",
-                    epochs=2,
-                    batch_size=128,
-                    lr=5e-4,
-                    warmup_steps=100,
-                    hard_negatives=4,
-                ),
+                replace(_HEADS, epochs=2),
                 size_spread=0.25,
                 paraphrase=0.5,
                 texture=0.3,
