@@ -118,18 +118,17 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     _add_reader_options(p)
 
 
-def _add_reader_options(p: argparse.ArgumentParser, images: bool = True) -> None:
-    """``--image-column``, ``--caption-column`` and (``images``) ``--images DIR``: how a
-    dataset is read, the same on every command that reads one."""
+def _add_reader_options(p: argparse.ArgumentParser) -> None:
+    """``--image-column``, ``--caption-column`` and ``--images DIR``: how a dataset is read,
+    the same on every command that reads one."""
     p.add_argument("--image-column", help="CSV/Parquet column holding image paths")
     p.add_argument("--caption-column", help="CSV/Parquet column holding captions")
-    if images:
-        p.add_argument(
-            "--images",
-            dest="images_root",
-            metavar="DIR",
-            help="folder the dataset's relative image paths start from (default: its folder)",
-        )
+    p.add_argument(
+        "--images",
+        dest="images_root",
+        metavar="DIR",
+        help="folder the dataset's relative image paths start from (default: its folder)",
+    )
 
 
 def _reader_options(
@@ -869,7 +868,7 @@ class EvalArgs:
     data: str
     split: str | None = None
     index: str | None = None
-    images: str | None = None
+    images_root: str | None = None
     limit: int | None = None
     json_out: str | None = None
     batch_size: int = 64
@@ -896,8 +895,7 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="evaluate through an index of this kind (flat, hnsw32, sparse, hybrid(sparse,flat), ...)",
     )
-    p.add_argument("--images", metavar="ROOT", help="folder the image paths are relative to")
-    _add_reader_options(p, images=False)
+    _add_reader_options(p)
     p.add_argument(
         "--limit", type=_positive_int, help="only the first N images (and their captions)"
     )
@@ -917,7 +915,7 @@ def _build_eval(sub: argparse._SubParsersAction) -> None:
             ns.data,
             ns.split,
             ns.index,
-            ns.images,
+            ns.images_root,
             ns.limit,
             ns.json_out,
             ns.batch_size,
@@ -938,7 +936,7 @@ def _run_eval(a: EvalArgs) -> int:
     data = load_eval_set(
         a.data,
         split=a.split,
-        images_root=a.images,
+        images_root=a.images_root,
         limit=a.limit,
         image_column=a.image_column,
         caption_column=a.caption_column,
