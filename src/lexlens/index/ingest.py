@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lexlens.errors import DataError, UsageError
-from lexlens.models.base import Encoder, SparseBatch
+from lexlens.models.base import Encoder, SparseBatch, uses_default_preprocess
 from lexlens.progress import progress_bar
 
 __all__ = [
@@ -243,7 +243,7 @@ def default_workers() -> int:
 
 
 def _preprocessor(encoder: Encoder) -> Callable[[Any], np.ndarray]:
-    if type(encoder).preprocess is Encoder.preprocess:
+    if uses_default_preprocess(encoder):
         return functools.partial(_default_prep, cfg=encoder.preprocess_config)
     return encoder.preprocess
 

@@ -37,6 +37,7 @@ __all__ = [
     "QUERY_MODES",
     "encode_query_lexical",
     "check_batch_size",
+    "uses_default_preprocess",
 ]
 
 #: the ways a lexical query (a text) can be encoded: the full text encoder, or
@@ -364,6 +365,12 @@ class Encoder(abc.ABC):
             "vocab_size": len(self.vocab),
             "image_size": self.preprocess_config.image_size,
         }
+
+
+def uses_default_preprocess(encoder: Encoder) -> bool:
+    """Whether ``encoder`` preprocesses images with :meth:`Encoder.preprocess`, a function of
+    its ``preprocess_config`` alone (decoding processes can then run it without the model)."""
+    return type(encoder).preprocess is Encoder.preprocess
 
 
 class WrappedEncoder(Encoder):

@@ -72,6 +72,7 @@ from lexlens.models.base import (
     ImageInput,
     SparseBatch,
     l2_normalize,
+    uses_default_preprocess,
 )
 
 __all__ = [
@@ -298,8 +299,7 @@ class LexicalAdapter(Encoder):
     ) -> LexicalAdapter:
         # the inner model's own preprocessing when it has one; otherwise Encoder's, which the
         # index's decoding workers run from preprocess_config without pickling the model
-        own = inner is not None and type(inner).preprocess is not Encoder.preprocess
-        if cls is LexicalAdapter and own:
+        if cls is LexicalAdapter and inner is not None and not uses_default_preprocess(inner):
             cls = _OwnPreprocessAdapter
         return super().__new__(cls)
 

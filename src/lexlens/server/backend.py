@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lexlens.errors import NotFoundError, UsageError
-from lexlens.models.base import Encoder, SparseBatch, WrappedEncoder
+from lexlens.models.base import Encoder, SparseBatch, WrappedEncoder, uses_default_preprocess
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -99,7 +99,7 @@ class TimedEncoder(WrappedEncoder):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TimedEncoder:
         inner = args[0] if args else kwargs.get("inner")  # none when unpickled
-        if cls is TimedEncoder and inner is not None and _own_preprocess(inner):
+        if cls is TimedEncoder and inner is not None and not uses_default_preprocess(inner):
             cls = _OwnPreprocessTimedEncoder
         return super().__new__(cls)
 
@@ -169,11 +169,6 @@ class TimedEncoder(WrappedEncoder):
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
-
-
-def _own_preprocess(encoder: Encoder) -> bool:
-    """Whether ``encoder`` preprocesses images its own way (not :meth:`Encoder.preprocess`)."""
-    return type(encoder).preprocess is not Encoder.preprocess
 
 
 class _OwnPreprocessTimedEncoder(TimedEncoder):
