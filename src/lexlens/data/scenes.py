@@ -356,7 +356,16 @@ def _texture(width: int, height: int, spec: dict[str, Any]) -> np.ndarray:
         cells = (np.floor(ty) + np.floor(tx)) % 2
         return ((cells * 2.0 - 1.0) * amp)[:, :, None].astype(np.float32)
     if kind == "stripes":
-        along = (ty + 0 * tx, 0 * ty + tx, (ty + tx) / 2, (ty - tx) / 2)[spec["angle"]]
+        angle = spec["angle"]  # only the chosen direction is computed
+        along = (
+            np.broadcast_to(ty, (height, width))
+            if angle == 0
+            else np.broadcast_to(tx, (height, width))
+            if angle == 1
+            else (ty + tx) / 2
+            if angle == 2
+            else (ty - tx) / 2
+        )
         wave = (np.floor(along * 2) % 2) * 2.0 - 1.0
         return (wave * amp)[:, :, None].astype(np.float32)
     gen = np.random.default_rng(spec["seed"])
